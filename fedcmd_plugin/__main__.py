@@ -1,0 +1,3 @@
+from fedcmd_plugin.cli import main
+
+raise SystemExit(main())

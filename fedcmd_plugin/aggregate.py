@@ -1,0 +1,104 @@
+"""Aggregation maths as pure functions over state dicts (``dict[str, Tensor]``) and weights.
+
+They know nothing of EasyFL, gRPC or ranks, so standalone, distributed and remote runs share them. All mixing is
+done in float64 and cast back to each tensor's dtype. Non-floating tensors (e.g. BatchNorm's
+``num_batches_tracked``) get the weighted mean rounded to the nearest integer: a counter stays a plausible
+count that every client contributed to (for bool tensors this is a weighted majority).
+"""
+import torch
+
+NORMALISATIONS = ("sum", "softmax")
+
+
+def _row_normalised(weights):
+    """Weights as a float64 matrix whose rows sum to 1; rows must be non-negative with a positive sum."""
+    weights = torch.as_tensor(weights, dtype=torch.float64)
+    if weights.dim() == 1:
+        weights = weights.unsqueeze(0)
+    if (weights < 0).any():
+        raise ValueError("aggregation weights must be non-negative")
+    totals = weights.sum(dim=1, keepdim=True)
+    if (totals <= 0).any():
+        raise ValueError("aggregation weights must have a positive sum")
+    return weights / totals
+
+
+def _mix(tensors, weights):
+    """Row r of the result is sum_j weights[r, j] * tensors[j], in the tensors' dtype and device."""
+    first = tensors[0]
+    stacked = torch.stack([t.to(first.device, torch.float64) for t in tensors]).reshape(len(tensors), -1)
+    mixed = (weights.to(first.device) @ stacked).reshape(weights.shape[0], *first.shape)
+    if not first.is_floating_point():
+        mixed = mixed.round()
+    return mixed.to(first.dtype)
+
+
+def _combine(states, weights, keys):
+    """One state dict per row of `weights` (rows normalised), over `keys` (default: the first state's keys)."""
+    if not states:
+        raise ValueError("nothing to aggregate: no states")
+    weights = _row_normalised(weights)
+    if weights.shape[1] != len(states):
+        raise ValueError(f"{weights.shape[1]} weights per row for {len(states)} states")
+    keys = list(states[0].keys()) if keys is None else list(keys)
+    results = [{} for _ in range(weights.shape[0])]
+    for key in keys:
+        mixed = _mix([state[key] for state in states], weights)
+        for result, tensor in zip(results, mixed):
+            result[key] = tensor
+    return results
+
+
+def weighted_average(states, weights, keys=None):
+    """Weighted mean of `states` (FedAvg with sample counts as weights); returns only `keys`."""
+    return _combine(states, weights, keys)[0]
+
+
+def personalised_aggregates(states, phi, keys):
+    """Client i's aggregate w_i = sum_j phi_ij w_j / sum_j phi_ij for every row i of `phi` (n x n)."""
+    phi = torch.as_tensor(phi)
+    if phi.dim() != 2 or phi.shape[0] != len(states):
+        raise ValueError(f"phi must be {len(states)} x {len(states)}, got {tuple(phi.shape)}")
+    return _combine(states, phi, keys)
+
+
+def similarity_matrix(updates):
+    """max(0, cosine similarity) between rows of `updates` (n x d); zero rows are similar only to themselves."""
+    rows = updates.to(torch.float64)
+    norms = rows.norm(dim=1, keepdim=True)
+    unit = torch.where(norms > 0, rows / norms.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(rows))
+    similarity = (unit @ unit.T).clamp(0.0, 1.0)
+    similarity.fill_diagonal_(1.0)
+    return similarity.to(updates.dtype if updates.is_floating_point() else torch.get_default_dtype())
+
+
+def normalise_rows(phi, mode="sum"):
+    """Rows of a clipped similarity matrix turned into aggregation weights that sum to 1.
+
+    ``sum`` divides each row by its sum (the diagonal 1 keeps it positive). ``softmax`` exponentiates only the
+    positive entries: a client whose similarity was clipped to 0 keeps weight 0, as in ``sum`` mode, instead of
+    getting exp(0) = 1 share from a softmax over all clients.
+    """
+    if mode not in NORMALISATIONS:
+        raise ValueError(f"similarity normalisation must be one of {', '.join(NORMALISATIONS)}, got {mode!r}")
+    if (phi < 0).any() or not (phi > 0).any(dim=1).all():
+        raise ValueError("phi must be non-negative with a positive entry in every row")
+    if mode == "sum":
+        return phi / phi.sum(dim=1, keepdim=True)
+    masked = phi.masked_fill(phi <= 0, float("-inf"))
+    return torch.softmax(masked, dim=1)
+
+
+def ema(previous, aggregate, beta, keys=None):
+    """theta <- beta * previous + (1 - beta) * aggregate over `keys` (default: previous's keys); returns only those."""
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], got {beta}")
+    return _combine([previous, aggregate], [beta, 1.0 - beta], keys)[0]
+
+
+def flatten(state, keys):
+    """The floating tensors of `keys` as one 1-D vector (counters are skipped: they are not learned)."""
+    parts = [state[key].reshape(-1) for key in keys if state[key].is_floating_point()]
+    if not parts:
+        return torch.zeros(0)
+    return torch.cat(parts)

@@ -1,0 +1,247 @@
+"""One home for configuration: EasyFL's defaults + the plugin's defaults + a YAML file + dotted overrides.
+
+Every key is checked against the defaults, so a typo or a wrong type is a one-line error naming the key,
+not a failure deep inside a run.
+"""
+import difflib
+import os
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from fedcmd_plugin.errors import ConfigError
+
+PLUGIN_DEFAULTS = Path(__file__).with_name("defaults.yaml")
+EXTENDS_KEY = "extends"  # a YAML file may start from another one: `extends: base.yaml` (relative to itself)
+
+# Keys EasyFL adds to the config at run time; allowed although no default file declares them.
+RUNTIME_KEYS = {
+    "is_distributed", "device", "is_remote", "local_port", "server_addr", "tracker_addr", "index", "config",
+    "client.task_id", "client.round_id",
+}
+# Keys whose default is null: the types they accept.
+NULLABLE_TYPES = {
+    "data.path": (str,),
+    "server.join_ratio": (float,),
+    "output.name": (str,),
+    "model_init.params_file": (str,),
+}
+# Keys that accept more than their default's type.
+EXTRA_TYPES = {"output.progress": (str, bool)}
+CHOICES = {
+    "data.split_type": ("iid", "dir", "class"),
+    "test_method": ("weighted", "average"),
+    "client.optimizer.type": ("SGD", "Adam"),
+    "distributed.backend": ("auto", "gloo", "nccl"),
+    "server.aggregation_strategy": ("FedAvg", "equal"),
+    "output.progress": ("auto", True, False),
+}
+POSITIVE = {
+    "server.rounds", "server.clients_per_round", "server.test_every", "server.round_timeout",
+    "client.local_epoch", "client.batch_size", "client.test_batch_size", "data.num_of_clients",
+    "data.class_per_client", "data.alpha", "client.straggler_min_local_epoch",
+}
+NON_NEGATIVE = {"client.finetune_epoch", "client.optimizer.lr", "client.optimizer.momentum",
+                "client.optimizer.weight_decay", "data.min_size", "gpu", "seed",
+                "distributed.world_size"}  # world_size 0 is EasyFL's "not distributed"
+FRACTIONS = {"data.train_test_split", "server.join_ratio"}  # in (0, 1]
+UNIT_INTERVAL = {"client.straggler_ratio"}  # in [0, 1]
+
+
+def easyfl_defaults_file():
+    """EasyFL's own config.yaml, found without importing easyfl (which costs seconds)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("easyfl")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("easyfl is not installed: install the project with `make install` (see README)")
+    return Path(list(spec.submodule_search_locations)[0]) / "config.yaml"
+
+
+def defaults():
+    """EasyFL's defaults with the plugin's defaults merged over them."""
+    return OmegaConf.merge(OmegaConf.load(str(easyfl_defaults_file())), OmegaConf.load(str(PLUGIN_DEFAULTS)))
+
+
+def read_yaml(path, _seen=()):
+    """A YAML config file as a dict, following `extends:` chains; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    if path.resolve() in _seen:
+        raise ConfigError(f"config file {path}: `{EXTENDS_KEY}` forms a cycle")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(tree).__name__}")
+    base = tree.pop(EXTENDS_KEY, None)
+    if base is None:
+        return tree
+    parent = read_yaml(path.parent / base, _seen + (path.resolve(),))
+    return merge_trees(parent, tree)
+
+
+def merge_trees(base, update):
+    """Recursive dict merge: `update` wins, nested mappings merge."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_trees(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_overrides(overrides):
+    """`a.b=value` strings as a nested dict; values are parsed as YAML scalars (1, 0.5, true, null, [1, 2])."""
+    tree = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} sets a key below a value")
+        node[parts[-1]] = value
+    return tree
+
+
+def load_config(source=None, overrides=()):
+    """The full, checked config of one run.
+
+    Args:
+        source: a YAML path, a dict, a DictConfig, or None (defaults only).
+        overrides: dotted `key.sub=value` strings applied last.
+    Returns:
+        DictConfig: EasyFL defaults < plugin defaults < source < overrides; pass it to `easyfl.init`.
+    """
+    if source is None:
+        tree = {}
+    elif isinstance(source, (str, os.PathLike)):
+        tree = read_yaml(source)
+    elif isinstance(source, DictConfig):
+        tree = OmegaConf.to_container(source)
+    elif isinstance(source, dict):
+        tree = source
+    else:
+        raise ConfigError(f"config must be a YAML path or a mapping, got {type(source).__name__}")
+    tree = merge_trees(tree, parse_overrides(overrides))
+    base = defaults()
+    validate(tree, base)
+    conf = OmegaConf.merge(base, tree)
+    check_values(conf)
+    return conf
+
+
+def complete(conf):
+    """Fill the plugin's keys missing from a config built by `easyfl.init(dict)` and check it, in place."""
+    base = defaults()
+    validate(OmegaConf.to_container(conf), base)
+    fill_missing(conf, base)
+    check_values(conf)
+    return conf
+
+
+def fill_missing(conf, base):
+    for key in base:
+        if key not in conf:
+            conf[key] = base[key]
+        elif isinstance(base[key], DictConfig) and isinstance(conf[key], DictConfig):
+            fill_missing(conf[key], base[key])
+
+
+def validate(tree, base, prefix=""):
+    """Raise ConfigError for unknown keys and wrongly-typed values in `tree`, compared with `base`."""
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if dotted in RUNTIME_KEYS:
+            continue
+        if key not in base:
+            raise ConfigError(f"config key '{dotted}' is unknown{suggestion(key, base, prefix)}")
+        expected = base[key]
+        if isinstance(expected, DictConfig):
+            if not isinstance(value, (dict, DictConfig)):
+                raise ConfigError(f"config key '{dotted}' expects a mapping of keys, got {describe(value)}")
+            validate(value, expected, dotted + ".")
+            continue
+        check_type(dotted, value, expected)
+
+
+def suggestion(key, base, prefix):
+    close = difflib.get_close_matches(str(key), [str(k) for k in base], n=1)
+    if close:
+        return f" (did you mean '{prefix}{close[0]}'?)"
+    return f"; keys under '{prefix[:-1] or '<top>'}': {', '.join(sorted(str(k) for k in base))}"
+
+
+def describe(value):
+    return f"{value!r} ({type(value).__name__})"
+
+
+TYPE_NAMES = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list"}
+
+
+def check_type(dotted, value, default):
+    if value is None:
+        if default is None:
+            return
+        raise ConfigError(f"config key '{dotted}' cannot be null (default: {default!r})")
+    if default is None:
+        accepted = NULLABLE_TYPES.get(dotted)
+    else:
+        accepted = EXTRA_TYPES.get(dotted, (list,) if isinstance(default, ListConfig) else (type(default),))
+    if accepted is None:
+        return
+    if float in accepted and isinstance(value, int) and not isinstance(value, bool):
+        return
+    sequences = (tuple, ListConfig) if list in accepted else ()
+    wrong_bool = isinstance(value, bool) and bool not in accepted  # bool is an int to isinstance
+    if wrong_bool or not isinstance(value, tuple(accepted) + sequences):
+        names = " or ".join(TYPE_NAMES.get(t, t.__name__) for t in accepted)
+        raise ConfigError(f"config key '{dotted}' expects {names}, got {describe(value)}")
+
+
+def check_values(conf):
+    """Range and choice checks that types alone cannot express."""
+    for dotted, choices in CHOICES.items():
+        value = OmegaConf.select(conf, dotted)
+        if value not in choices:
+            raise ConfigError(f"config key '{dotted}' must be one of {', '.join(map(str, choices))}; got {value!r}")
+    for dotted in POSITIVE | NON_NEGATIVE | FRACTIONS | UNIT_INTERVAL:
+        value = OmegaConf.select(conf, dotted)
+        if value is None:
+            continue
+        if dotted in POSITIVE and not value > 0:
+            raise ConfigError(f"config key '{dotted}' must be > 0; got {value!r}")
+        if dotted in NON_NEGATIVE and value < 0:
+            raise ConfigError(f"config key '{dotted}' must be >= 0; got {value!r}")
+        if dotted in FRACTIONS and not 0 < value <= 1:
+            raise ConfigError(f"config key '{dotted}' must be in (0, 1]; got {value!r}")
+        if dotted in UNIT_INTERVAL and not 0 <= value <= 1:
+            raise ConfigError(f"config key '{dotted}' must be in [0, 1]; got {value!r}")
+
+
+def active_config():
+    """The config EasyFL's coordinator holds after `easyfl.init` (the one the running experiment uses)."""
+    from easyfl.coordinator import get_coordinator
+
+    conf = get_coordinator().conf
+    if conf is None:
+        raise ConfigError("no experiment config: call easyfl.init(config) before building models or data")
+    return conf
+
+
+def to_yaml(conf):
+    return yaml.safe_dump(OmegaConf.to_container(conf, resolve=True), sort_keys=False)

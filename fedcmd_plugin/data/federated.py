@@ -1,0 +1,222 @@
+"""Federated data sets as EasyFL sees them: clients, their train/test splits, pre-batched tensors.
+
+The pooled images are partitioned once (seeded, cached on disk), each client's samples are gathered into
+contiguous tensors once, and training batches are slices of a seeded permutation: no per-sample DataLoader,
+no numpy round trips per round.
+"""
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from easyfl.datasets import FederatedDataset
+
+from fedcmd_plugin.data.partition import label_histograms, make_partition
+from fedcmd_plugin.data.sources import load_images
+from fedcmd_plugin.errors import DataError
+
+PARTITION_FORMAT = 1  # bump when the partition algorithm changes so old caches are not reused
+
+
+@dataclass
+class DataInfo:
+    """What a model builder needs to know about the data."""
+    in_channels: int
+    image_size: int
+    num_classes: int
+    task: str = "classification"
+
+
+@dataclass
+class FederatedData:
+    train: "FederatedDataset"
+    test: "FederatedDataset"
+    info: DataInfo
+    summary: str = ""
+    client_rows: list = field(default_factory=list)  # one dict per client for partition.csv
+    extras: dict = field(default_factory=dict)  # data-set specific objects (e.g. ReID gallery/query)
+
+
+def client_ids(count):
+    return [f"c{i:03d}" for i in range(count)]
+
+
+class ClientTensors(FederatedDataset):
+    """Per-client tensors behind EasyFL's FederatedDataset interface."""
+
+    def __init__(self, images, labels, parts, ids):
+        super().__init__()
+        self._ids = list(ids)
+        self._x = {cid: torch.from_numpy(images[p]) for cid, p in zip(self._ids, parts)}
+        self._y = {cid: torch.from_numpy(labels[p]) for cid, p in zip(self._ids, parts)}
+        self._on_device = {}
+
+    @property
+    def users(self):
+        return self._ids
+
+    @users.setter
+    def users(self, value):
+        self._ids = list(value)
+
+    def size(self, cid=None):
+        if cid is None:
+            return self.total_size()
+        return len(self._y[cid])
+
+    def total_size(self):
+        return sum(len(y) for y in self._y.values())
+
+    def tensors(self, cid, device="cpu"):
+        """The client's (x, y), moved to `device` once and kept there."""
+        key = (cid, str(device))
+        if key not in self._on_device:
+            self._on_device[key] = (self._x[cid].to(device), self._y[cid].to(device))
+        return self._on_device[key]
+
+    def batches(self, cid, batch_size, generator=None, device="cpu"):
+        """Batches of client `cid`: a seeded shuffle when `generator` is given, else in order."""
+        x, y = self.tensors(cid, device)
+        n = len(y)
+        if generator is None:
+            for start in range(0, n, batch_size):
+                yield x[start:start + batch_size], y[start:start + batch_size]
+            return
+        order = torch.randperm(n, generator=generator).to(x.device)
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            yield x.index_select(0, idx), y.index_select(0, idx)
+
+    def loader(self, batch_size, client_id=None, shuffle=True, seed=0, **_):
+        """EasyFL's loader API: a list of (x, y) batches of one client."""
+        generator = torch.Generator().manual_seed(int(seed)) if shuffle else None
+        return list(self.batches(client_id, batch_size, generator))
+
+
+def partition_key(conf, num_samples):
+    d = conf.data
+    fields = [PARTITION_FORMAT, d.dataset, str(d.path), d.split_type, d.num_of_clients, float(d.alpha), d.min_size,
+              d.class_per_client, float(d.train_test_split), conf.seed, num_samples]
+    return hashlib.sha1(json.dumps(fields).encode()).hexdigest()[:16]
+
+
+def cached_partition(conf, labels):
+    """The config's partition: read from data.root/partitions when cached, else computed (and saved)."""
+    d = conf.data
+    file = Path(d.root) / "partitions" / f"{d.dataset}-{partition_key(conf, len(labels))}.npz"
+    if d.cache and file.is_file():
+        try:
+            with np.load(file) as saved:
+                count = int(saved["clients"])
+                return [(saved[f"train{i}"], saved[f"test{i}"]) for i in range(count)]
+        except (OSError, KeyError, ValueError):
+            pass  # an unreadable cache is recomputed and rewritten
+    parts = make_partition(labels, d.split_type, d.num_of_clients, conf.seed, alpha=d.alpha, min_size=d.min_size,
+                           class_per_client=d.class_per_client, train_fraction=d.train_test_split)
+    if d.cache:
+        save_partition(file, parts)
+    return parts
+
+
+def save_partition(file, parts):
+    """Atomic write: a crash never leaves a truncated cache that a later run would trust."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"clients": np.array(len(parts))}
+    for i, (train, test) in enumerate(parts):
+        arrays[f"train{i}"], arrays[f"test{i}"] = train, test
+    fd, tmp = tempfile.mkstemp(dir=file.parent, suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, **arrays)
+        os.replace(tmp, file)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def summarise(name, labels, parts, ids, num_classes):
+    """A short text summary and the full per-client rows (samples and label histogram)."""
+    train_hist = label_histograms(labels, [p[0] for p in parts], num_classes)
+    test_hist = label_histograms(labels, [p[1] for p in parts], num_classes)
+    rows = []
+    for i, cid in enumerate(ids):
+        hist = train_hist[i] + test_hist[i]
+        rows.append({"client": cid, "train": int(train_hist[i].sum()), "test": int(test_hist[i].sum()),
+                     "classes": int((hist > 0).sum()), **{f"label_{c}": int(hist[c]) for c in range(num_classes)}})
+    sizes = np.array([r["train"] + r["test"] for r in rows])
+    classes = np.array([r["classes"] for r in rows])
+    summary = (f"{name}: {len(labels)} samples, {len(ids)} clients, samples per client min/median/max "
+               f"{sizes.min()}/{int(np.median(sizes))}/{sizes.max()}, classes per client mean {classes.mean():.1f}")
+    return summary, rows
+
+
+def build_image_classification(conf):
+    arrays = load_images(conf.data.dataset, conf.data.path)
+    parts = cached_partition(conf, arrays.labels)
+    ids = client_ids(len(parts))
+    empty = [cid for cid, (train, _) in zip(ids, parts) if len(train) == 0]
+    if empty:
+        raise DataError(f"clients {', '.join(empty[:5])} received no training samples: lower data.num_of_clients "
+                        "or raise data.min_size / data.class_per_client")
+    train = ClientTensors(arrays.images, arrays.labels, [p[0] for p in parts], ids)
+    test = ClientTensors(arrays.images, arrays.labels, [p[1] for p in parts], ids)
+    channels, height, _ = arrays.shape
+    summary, rows = summarise(conf.data.dataset, arrays.labels, parts, ids, arrays.num_classes)
+    return FederatedData(train, test, DataInfo(channels, height, arrays.num_classes), summary, rows)
+
+
+BUILDERS = {name: build_image_classification for name in ("digits", "fmnist", "mnist", "cifar10", "cifar100")}
+
+
+def register_data(name, builder):
+    """Make data set `name` available to `data.dataset`; `builder(conf)` returns a FederatedData."""
+    BUILDERS[name] = builder
+
+
+_LOADED = {}
+
+
+def load_federated(conf):
+    """The config's federated data, built once per process and data-relevant config."""
+    if conf.data.dataset not in BUILDERS:
+        raise DataError(f"data.dataset {conf.data.dataset!r} is unknown; known: {', '.join(sorted(BUILDERS))}")
+    key = (conf.data.dataset, partition_key(conf, 0), str(conf.data.root))
+    if key not in _LOADED:
+        _LOADED.clear()  # one data set in memory at a time
+        _LOADED[key] = BUILDERS[conf.data.dataset](conf)
+    return _LOADED[key]
+
+
+class ConfiguredData(FederatedDataset):
+    """Registered with EasyFL before any config exists; resolves to the config's data on first use."""
+
+    def __init__(self, part):
+        super().__init__()
+        self._part = part
+
+    def resolve(self):
+        from fedcmd_plugin.session import prepared_config
+
+        return getattr(load_federated(prepared_config()), self._part)
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.resolve(), name)
+
+    @property
+    def users(self):
+        return self.resolve().users
+
+    def size(self, cid=None):
+        return self.resolve().size(cid)
+
+    def total_size(self):
+        return self.resolve().total_size()
+
+    def loader(self, batch_size, client_id=None, shuffle=True, seed=0, **kwargs):
+        return self.resolve().loader(batch_size, client_id, shuffle, seed, **kwargs)

@@ -1,0 +1,87 @@
+"""Federated partitions of a pooled data set: which sample indices each client holds, and its train/test split.
+
+All functions are pure numpy and seeded, so the same arguments always give the same clients.
+"""
+import numpy as np
+
+from fedcmd_plugin.errors import ConfigError
+
+MAX_DIRICHLET_DRAWS = 1000
+
+
+def partition_iid(labels, num_clients, rng):
+    order = rng.permutation(len(labels))
+    return [np.sort(part) for part in np.array_split(order, num_clients)]
+
+
+def partition_dirichlet(labels, num_clients, alpha, min_size, rng):
+    """Label skew: each class is spread over clients with proportions ~ Dirichlet(alpha).
+
+    Redrawn until every client holds at least `min_size` samples, as is usual for this protocol.
+    """
+    classes = np.unique(labels)
+    by_class = [np.flatnonzero(labels == c) for c in classes]
+    for _ in range(MAX_DIRICHLET_DRAWS):
+        parts = [[] for _ in range(num_clients)]
+        for members in by_class:
+            members = rng.permutation(members)
+            shares = rng.dirichlet(np.full(num_clients, alpha))
+            cuts = (np.cumsum(shares)[:-1] * len(members)).astype(int)
+            for client, chunk in enumerate(np.split(members, cuts)):
+                parts[client].append(chunk)
+        parts = [np.sort(np.concatenate(p)) for p in parts]
+        if min(len(p) for p in parts) >= min_size:
+            return parts
+    raise ConfigError(f"data.min_size={min_size} cannot be met by Dirichlet(alpha={alpha}) over "
+                      f"{num_clients} clients and {len(labels)} samples: lower data.min_size or data.num_of_clients")
+
+
+def partition_classes(labels, num_clients, class_per_client, rng):
+    """Pathological skew: each client holds `class_per_client` classes; each class is shared evenly by its holders."""
+    classes = np.unique(labels)
+    if class_per_client > len(classes):
+        raise ConfigError(f"data.class_per_client={class_per_client} exceeds the {len(classes)} classes of the data")
+    # Deal classes round-robin over a shuffled class order so every class has holders when possible.
+    deck = np.concatenate([rng.permutation(classes) for _ in range(-(-num_clients * class_per_client // len(classes)))])
+    owned = [deck[i * class_per_client:(i + 1) * class_per_client] for i in range(num_clients)]
+    holders = {c: [i for i in range(num_clients) if c in owned[i]] for c in classes}
+    parts = [[] for _ in range(num_clients)]
+    for c in classes:
+        if not holders[c]:
+            continue
+        members = rng.permutation(np.flatnonzero(labels == c))
+        for client, chunk in zip(holders[c], np.array_split(members, len(holders[c]))):
+            parts[client].append(chunk)
+    return [np.sort(np.concatenate(p)) if p else np.empty(0, dtype=np.int64) for p in parts]
+
+
+def split_train_test(indices, train_fraction, rng):
+    """One client's samples split into its own train and test parts (both non-empty when it has >= 2 samples)."""
+    shuffled = rng.permutation(indices)
+    cut = int(round(len(shuffled) * train_fraction))
+    if len(shuffled) >= 2:
+        cut = min(max(cut, 1), len(shuffled) - 1 if train_fraction < 1 else len(shuffled))
+    return np.sort(shuffled[:cut]), np.sort(shuffled[cut:])
+
+
+def make_partition(labels, split_type, num_clients, seed, alpha=0.1, min_size=10, class_per_client=2,
+                   train_fraction=0.5):
+    """Per-client (train_indices, test_indices) over the pooled samples, seeded by `seed`."""
+    labels = np.asarray(labels)
+    if num_clients > len(labels):
+        raise ConfigError(f"data.num_of_clients={num_clients} exceeds the {len(labels)} samples of the data")
+    rng = np.random.default_rng(seed)
+    if split_type == "iid":
+        parts = partition_iid(labels, num_clients, rng)
+    elif split_type == "dir":
+        parts = partition_dirichlet(labels, num_clients, alpha, min_size, rng)
+    elif split_type == "class":
+        parts = partition_classes(labels, num_clients, class_per_client, rng)
+    else:
+        raise ConfigError(f"data.split_type must be iid, dir or class; got {split_type!r}")
+    return [split_train_test(part, train_fraction, rng) for part in parts]
+
+
+def label_histograms(labels, parts, num_classes):
+    """clients x classes counts of the given per-client index arrays."""
+    return np.stack([np.bincount(labels[p], minlength=num_classes) for p in parts]) if parts else np.zeros((0, num_classes))

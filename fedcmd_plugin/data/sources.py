@@ -1,0 +1,153 @@
+"""Readers for image-classification data sets that live on local disk: nothing here downloads anything.
+
+Every reader returns an `ImageArrays` (float32 images in N x C x H x W scaled to [0, 1], int64 labels), the
+pooled train+test samples, because the federated protocol pools them before partitioning.
+"""
+import gzip
+import pickle
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedcmd_plugin.errors import DataError
+
+FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte.gz",
+    "train_labels": "train-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz",
+    "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
+
+
+@dataclass
+class ImageArrays:
+    images: np.ndarray  # float32, N x C x H x W, values in [0, 1]
+    labels: np.ndarray  # int64, N
+    num_classes: int
+
+    @property
+    def shape(self):
+        return self.images.shape[1:]
+
+
+def standardise(images, labels, num_classes, scale=255.0):
+    images = np.asarray(images, dtype=np.float32) / scale
+    if images.ndim == 3:
+        images = images[:, None]
+    return ImageArrays(np.ascontiguousarray(images), np.asarray(labels, dtype=np.int64), num_classes)
+
+
+def load_digits(path=None):
+    """scikit-learn's bundled 1,797 8x8 handwritten digits (pixel values 0..16)."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    bunch = sklearn_digits()
+    return standardise(bunch.images, bunch.target, 10, scale=16.0)
+
+
+def read_idx(path):
+    """One IDX file (optionally gzipped) as a numpy array, checking its header against its size."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            raw = handle.read()
+    except FileNotFoundError:
+        raise DataError(f"data file {path} does not exist") from None
+    except (OSError, EOFError) as exc:
+        raise DataError(f"data file {path} cannot be read: {exc}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"data file {path} is not an IDX file of unsigned bytes")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    if len(raw) - header != int(np.prod(dims)):
+        raise DataError(f"data file {path} holds {len(raw) - header} bytes, its header promises {dims}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def load_idx_pair(folder, name, package_hint):
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{name} folder {folder} does not exist; {package_hint}")
+    missing = [f for f in IDX_FILES.values() if not (folder / f).is_file()]
+    if missing:
+        raise DataError(f"{name} folder {folder} lacks {', '.join(missing)}; {package_hint}")
+    images = np.concatenate([read_idx(folder / IDX_FILES["train_images"]), read_idx(folder / IDX_FILES["test_images"])])
+    labels = np.concatenate([read_idx(folder / IDX_FILES["train_labels"]), read_idx(folder / IDX_FILES["test_labels"])])
+    if len(images) != len(labels):
+        raise DataError(f"{name} folder {folder}: {len(images)} images but {len(labels)} labels")
+    return standardise(images, labels, 10)
+
+
+def load_fmnist(path=None):
+    """Fashion-MNIST from the four IDX .gz files (Debian's `dataset-fashion-mnist` puts them in FMNIST_DIR)."""
+    hint = (f"install Debian's package with `apt-get install dataset-fashion-mnist` (files go to {FMNIST_DIR}) "
+            "or set data.path to a folder with the four IDX .gz files")
+    return load_idx_pair(path or FMNIST_DIR, "Fashion-MNIST", hint)
+
+
+def load_mnist(path=None):
+    """MNIST from the same four IDX .gz files, in data.path or torchvision's MNIST/raw layout."""
+    if path is None:
+        raise DataError("data.path must name the MNIST folder holding the four IDX .gz files")
+    folder = Path(path)
+    if (folder / "MNIST" / "raw").is_dir():
+        folder = folder / "MNIST" / "raw"
+    return load_idx_pair(folder, "MNIST", "put the four IDX .gz files there (torchvision's MNIST/raw layout works)")
+
+
+def load_cifar(path, version):
+    """CIFAR-10/100 from torchvision's on-disk layout (the extracted python pickles), never downloading."""
+    folder_name = {10: "cifar-10-batches-py", 100: "cifar-100-python"}[version]
+    if path is None:
+        raise DataError(f"data.path must name the folder holding {folder_name}/ (torchvision's CIFAR layout)")
+    folder = Path(path)
+    if folder.name != folder_name:
+        folder = folder / folder_name
+    if not folder.is_dir():
+        raise DataError(f"CIFAR-{version} folder {folder} does not exist; extract cifar-{version}-python.tar.gz "
+                        f"into {Path(path)} (torchvision's layout)")
+    parts = ([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]) if version == 10 else ["train", "test"]
+    label_key = b"labels" if version == 10 else b"fine_labels"
+    images, labels = [], []
+    for part in parts:
+        file = folder / part
+        try:
+            with open(file, "rb") as handle:
+                batch = pickle.load(handle, encoding="bytes")  # local files the user placed, never network data
+        except (OSError, pickle.UnpicklingError, EOFError) as exc:
+            raise DataError(f"CIFAR-{version} file {file} cannot be read: {exc}") from None
+        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(batch[label_key]))
+    return standardise(np.concatenate(images), np.concatenate(labels), version)
+
+
+def load_cifar10(path=None):
+    return load_cifar(path, 10)
+
+
+def load_cifar100(path=None):
+    return load_cifar(path, 100)
+
+
+READERS = {
+    "digits": load_digits,
+    "fmnist": load_fmnist,
+    "mnist": load_mnist,
+    "cifar10": load_cifar10,
+    "cifar100": load_cifar100,
+}
+
+
+def load_images(name, path=None):
+    """The pooled samples of data set `name`, read from `path` (or the data set's standard location)."""
+    try:
+        reader = READERS[name]
+    except KeyError:
+        raise DataError(f"data.dataset {name!r} is not an image-classification data set; known: "
+                        f"{', '.join(READERS)}") from None
+    return reader(path)

@@ -1,0 +1,1 @@
+"""FedCMD: Wasserstein-based selection of the personalized layer and similarity-weighted aggregation."""

@@ -1,0 +1,1 @@
+"""Mode-independent federated rounds on top of EasyFL's BaseServer/BaseClient."""

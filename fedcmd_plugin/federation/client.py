@@ -1,0 +1,135 @@
+"""The client every algorithm builds on: EasyFL's BaseClient with seeded, pre-batched local training.
+
+A round is `run_round(dispatch)`: download (initial < server state < the client's kept state) -> pre_train ->
+train -> post_train -> `make_upload`. Algorithms override `train_batch`, `personal_keys`, `post_train` or
+`make_upload`; nothing here knows which mode (standalone, distributed, remote) is running.
+"""
+import copy
+import time
+
+import torch
+import torch.nn.functional as F
+from easyfl.client import BaseClient
+
+from fedcmd_plugin.federation.messages import Upload
+from fedcmd_plugin.federation.progress import epoch_bar
+from fedcmd_plugin.federation.seeding import client_generator
+
+
+class FederatedClient(BaseClient):
+    def __init__(self, cid, conf, train_data, test_data, device, **kwargs):
+        super().__init__(cid, conf, train_data, test_data, device, **kwargs)
+        self.kept = {}  # the client's own tensors (personal layers, memories): never aggregated
+        self.initial_state = None  # the starting parameters shared by all clients of this process
+        self.dispatch = None
+        self.round_stats = {}
+
+    def attach(self, model, initial_state):
+        """Share the process's workspace model (one per process, not one per client) and the initial state."""
+        self.model = model
+        self.initial_state = initial_state
+
+    def personal_keys(self, dispatch):
+        """State-dict keys this client keeps for itself; the server names them per round."""
+        return list(dispatch.meta.get("personal_keys", []))
+
+    def download(self, dispatch):
+        self.dispatch = dispatch
+        state = dict(self.initial_state)
+        state.update(dispatch.state)
+        state.update(self.kept)
+        self.model.load_state_dict(state)
+        self.model.to(self.device)
+
+    def run_round(self, dispatch):
+        started = time.time()
+        self.download(dispatch)
+        self.pre_train()
+        self.train(self.conf, self.device)
+        self.post_train()
+        upload = self.make_upload(dispatch)
+        upload.meta["train_seconds"] = time.time() - started
+        return upload
+
+    def local_epochs(self, dispatch):
+        return int(dispatch.meta.get("local_epoch", self.conf.local_epoch))
+
+    def make_optimizer(self, parameters, lr=None):
+        opt = self.conf.optimizer
+        lr = opt.lr if lr is None else lr
+        if opt.type == "Adam":
+            return torch.optim.Adam(parameters, lr=lr, weight_decay=opt.weight_decay)
+        return torch.optim.SGD(parameters, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+
+    def train(self, conf, device="cpu"):
+        """Local SGD over the client's batches, seeded by (run seed, round, client)."""
+        self.model.train()
+        optimizer = self.make_optimizer(self.model.parameters())
+        self.run_epochs(optimizer, self.local_epochs(self.dispatch), "train")
+
+    def run_epochs(self, optimizer, epochs, label, parameters_step=None):
+        """`epochs` passes over the client's shuffled batches; returns the mean loss of the last epoch."""
+        generator = client_generator(self.dispatch.meta, self.cid, label)
+        loss_sum, seen = 0.0, 0
+        for epoch in epoch_bar(epochs, f"{self.cid} {label}"):
+            loss_sum, seen = 0.0, 0
+            for batch_index, (x, y) in enumerate(self.train_data.batches(self.cid, self.conf.batch_size, generator,
+                                                                           self.device)):
+                optimizer.zero_grad(set_to_none=True)
+                loss = self.train_batch(x, y, epoch, batch_index)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.item() * len(y)
+                seen += len(y)
+        self.round_stats["train_loss"] = loss_sum / max(seen, 1)
+        self.round_stats["images"] = self.round_stats.get("images", 0) + seen * epochs
+        return self.round_stats["train_loss"]
+
+    def train_batch(self, x, y, epoch, batch_index):
+        """The loss of one batch (override to observe activations or change the objective)."""
+        return F.cross_entropy(self.model(x), y)
+
+    def post_train(self):
+        pass
+
+    def make_upload(self, dispatch):
+        personal = set(self.personal_keys(dispatch))
+        state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.kept = {k: state[k] for k in personal}
+        shared = {k: v for k, v in state.items() if k not in personal}
+        meta, self.round_stats = dict(self.round_stats), {}
+        return Upload(self.cid, self.train_data.size(self.cid), shared, dict(self.kept), {}, meta)
+
+    def personalised_model(self, dispatch):
+        """The model this client would use now: the server's state for it plus its own kept state,
+        fine-tuned on a copy for `client.finetune_epoch` epochs when set."""
+        self.download(dispatch)
+        epochs = int(dispatch.meta.get("finetune_epoch", self.conf.finetune_epoch))
+        if epochs <= 0:
+            return self.model
+        tuned = copy.deepcopy(self.model)
+        workspace, self.model = self.model, tuned
+        try:
+            self.model.train()
+            self.run_epochs(self.make_optimizer(self.model.parameters()), epochs, "finetune")
+        finally:
+            self.model = workspace
+            self.round_stats = {}
+        return tuned
+
+    @torch.no_grad()
+    def evaluate(self, dispatch, splits=("test",)):
+        """Accuracy and loss of the client's personalised model on its own splits."""
+        model = self.personalised_model(dispatch)
+        model.eval()
+        result = {}
+        for split in splits:
+            data = self.test_data if split == "test" else self.train_data
+            correct, loss, total = 0, 0.0, 0
+            for x, y in data.batches(self.cid, self.conf.test_batch_size, None, self.device):
+                logits = model(x)
+                loss += F.cross_entropy(logits, y, reduction="sum").item()
+                correct += (logits.argmax(1) == y).sum().item()
+                total += len(y)
+            result[f"{split}_correct"], result[f"{split}_loss"], result[f"{split}_total"] = correct, loss, total
+        return result

@@ -1,0 +1,214 @@
+"""The server every algorithm builds on: EasyFL's BaseServer with a mode-independent round.
+
+One round: seeded selection -> this rank's share of the clients -> `dispatch_for(cid)` -> client round ->
+uploads gathered from all ranks -> `aggregate(uploads)`. Every `test_every` rounds each client's personalised
+model is evaluated on its own test split. Algorithms override `personal_keys`, `dispatch_for`, `aggregate`
+and `round_meta`; the maths they call lives in `fedcmd_plugin.aggregate`.
+"""
+import time
+
+import numpy as np
+import torch
+from easyfl.server import BaseServer
+
+from fedcmd_plugin import aggregate as agg
+from fedcmd_plugin.federation import distributed, progress
+from fedcmd_plugin.federation.evaluation import summarise_classification
+from fedcmd_plugin.federation.messages import Dispatch
+from fedcmd_plugin.federation.seeding import derived_seed
+from fedcmd_plugin.session import logger, prepared_config
+from fedcmd_plugin.tracking import Recorder
+
+
+class FederatedServer(BaseServer):
+    has_global_model = True  # False for algorithms where every client ends with its own model only
+
+    # ----- life cycle -------------------------------------------------------------------------------------
+    def start(self, model, clients):
+        self.conf = prepared_config()
+        self.rank, self.world = distributed.rank_and_size()
+        self.log = logger()
+        self.recorder = Recorder(self.conf, primary=self.rank == 0)
+        progress.configure(self.conf.output.progress, primary=self.rank == 0)
+        try:
+            self.setup(model, clients)
+            self.bar = progress.round_bar(self.conf.server.rounds)
+            super().start(model, clients)
+            self.bar.close()
+            self.finish()
+        except BaseException as exc:
+            self.recorder.fail(exc)
+            raise
+
+    def setup(self, model, clients):
+        device = self.conf.device
+        self.workspace = model.to(device)
+        self.initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.handles = self.make_handles(clients)
+        self.client_order = sorted(self.handles)
+        self.last_evaluation = None
+        self.recorder.start(self.describe_run())
+
+    def make_handles(self, clients):
+        """cid -> object with `run_round(dispatch)` and `evaluate(dispatch, splits)` (local clients here)."""
+        for client in clients:
+            client.attach(self.workspace, self.initial_state)
+        return {client.cid: client for client in clients}
+
+    def describe_run(self):
+        from fedcmd_plugin.data import load_federated
+
+        data = load_federated(self.conf)
+        self.log.info(data.summary)
+        return {"partition": data.client_rows, "summary": data.summary}
+
+    def finish(self):
+        self.recorder.finish(self.final_states(), self.last_evaluation)
+
+    def final_states(self):
+        """Checkpoints: the global model (when the algorithm has one) and every client's personalised state."""
+        states = {}
+        if self.has_global_model:
+            states["global"] = {k: v.detach().cpu() for k, v in self._model.state_dict().items()}
+        personal = {}
+        for cid in self.client_order:
+            handle = self.handles[cid]
+            kept = getattr(handle, "kept", {})
+            if kept or not self.has_global_model:
+                state = dict(self.initial_state)
+                state.update(self.dispatch_for(cid).state)
+                state.update(kept)
+                personal[cid] = {k: v.detach().cpu() for k, v in state.items()}
+        if personal:
+            states["clients"] = personal
+        return states
+
+    # ----- algorithm hooks ----------------------------------------------------------------------------------
+    def personal_keys(self):
+        """State-dict keys that stay on the clients this round."""
+        return []
+
+    def round_meta(self):
+        """JSON settings every client receives this round."""
+        return {}
+
+    def dispatch_for(self, cid):
+        """What client `cid` loads this round: by default the global model without the personal keys."""
+        personal = set(self.personal_keys())
+        state = {k: v for k, v in self._model.state_dict().items() if k not in personal}
+        return Dispatch(state, self.base_meta(cid))
+
+    def aggregate(self, uploads):
+        """Default: sample-weighted FedAvg of the shared state into the global model."""
+        if not uploads:
+            return
+        weights = self.upload_weights(uploads)
+        merged = agg.weighted_average([u.state for u in uploads], weights)
+        state = self._model.state_dict()
+        state.update(merged)
+        self._model.load_state_dict(state)
+
+    def upload_weights(self, uploads):
+        if self.conf.server.aggregation_strategy == "equal":
+            return [1.0] * len(uploads)
+        return [float(u.num_samples) for u in uploads]
+
+    # ----- the round ------------------------------------------------------------------------------------------
+    def base_meta(self, cid):
+        conf = self.conf
+        return {"round": self._current_round, "seed": conf.seed, "local_epoch": self.epochs_for(cid),
+                "finetune_epoch": conf.client.finetune_epoch, "personal_keys": list(self.personal_keys()),
+                **self.round_meta()}
+
+    def epochs_for(self, cid):
+        """Local epochs of `cid` this round: fewer for the round's stragglers (client.straggler_ratio)."""
+        return self.stragglers.get(cid, self.conf.client.local_epoch)
+
+    def clients_per_round(self):
+        ratio = self.conf.server.join_ratio
+        count = int(round(ratio * len(self.client_order))) if ratio else self.conf.server.clients_per_round
+        return max(1, min(count, len(self.client_order)))
+
+    def selection(self, clients=None, clients_per_round=None):
+        """Seeded by (seed, round) only, so every rank and every mode selects the same clients."""
+        rng = np.random.default_rng(derived_seed(self.conf.seed, self._current_round, "selection"))
+        chosen = rng.choice(len(self.client_order), self.clients_per_round(), replace=False)
+        self.selected_clients = [self.client_order[i] for i in sorted(chosen)]
+        self.choose_stragglers(rng)
+        return self.selected_clients
+
+    def choose_stragglers(self, rng):
+        client = self.conf.client
+        count = int(round(client.straggler_ratio * len(self.selected_clients)))
+        self.stragglers = {}
+        low = min(client.straggler_min_local_epoch, client.local_epoch)
+        for cid in rng.permutation(self.selected_clients)[:count]:
+            self.stragglers[str(cid)] = int(rng.integers(low, max(low + 1, client.local_epoch)))
+
+    def grouping_for_distributed(self):
+        self.grouped_clients = distributed.shard(self.selected_clients, self.rank, self.world)
+
+    def pre_train(self):
+        self.round_started = time.time()
+
+    def train(self):
+        self.selection()
+        self.grouping_for_distributed()
+        uploads = [self.handles[cid].run_round(self.dispatch_for(cid)) for cid in self.grouped_clients]
+        uploads = distributed.gather_uploads(uploads)
+        self.sync_replicas(uploads)
+        uploads.sort(key=lambda u: self.selected_clients.index(u.cid))
+        self.round_uploads = uploads
+        self.aggregate(uploads)
+
+    def sync_replicas(self, uploads):
+        """Distributed: every rank hosts every client, so kept state trained elsewhere is copied here."""
+        if self.world == 1:
+            return
+        for upload in uploads:
+            handle = self.handles.get(upload.cid)
+            if handle is not None and hasattr(handle, "kept"):
+                handle.kept = upload.kept
+
+    def post_train(self):
+        self.round_seconds = time.time() - self.round_started
+        images = sum(int(u.meta.get("images", 0)) for u in self.round_uploads)
+        self.recorder.log_round(self._current_round, {"round_seconds": self.round_seconds, "images": images,
+                                                      "clients": len(self.round_uploads)})
+        self.bar.update(1)
+
+    # ----- evaluation -----------------------------------------------------------------------------------------
+    def evaluation_clients(self):
+        return self.client_order if self.conf.evaluation.all_clients else self.selected_clients
+
+    def evaluation_splits(self):
+        splits = []
+        if self.conf.evaluation.eval_test:
+            splits.append("test")
+        if self.conf.evaluation.eval_train:
+            splits.append("train")
+        return tuple(splits)
+
+    def test(self):
+        splits = self.evaluation_splits()
+        if not splits:
+            return
+        mine = distributed.shard(self.evaluation_clients(), self.rank, self.world)
+        results = [{"cid": cid, **self.handles[cid].evaluate(self.dispatch_for(cid), splits)} for cid in mine]
+        results = sorted(distributed.gather_json(results), key=lambda r: r["cid"])
+        summary = self.summarise_evaluation(results)
+        self.last_evaluation = {"round": self._current_round, "summary": summary, "clients": results}
+        self.recorder.log_evaluation(self._current_round, summary, results)
+        self.bar.set_postfix_str(self.recorder.headline(summary), refresh=False)
+
+    def summarise_evaluation(self, results):
+        summary = summarise_classification(results)
+        if self.has_global_model and "accuracy" in summary and not self.conf.client.finetune_epoch:
+            summary["global_accuracy"] = summary["accuracy"]  # one model for all: the same weighted accuracy
+        return summary
+
+    def save_model(self):
+        """Checkpoints are written once, at the end of the run (see `final_states`)."""
+
+    def track_test_results(self, results):
+        """Metrics go to the run folder (fedcmd_plugin.tracking), not EasyFL's tracker."""

@@ -1,0 +1,33 @@
+"""Model registry: config names -> builders `(in_channels, num_classes, image_size) -> nn.Module`.
+
+The registry is open so other modules (e.g. the ReID backbones) add their models with `register_model_builder`.
+"""
+from functools import partial
+
+from fedcmd_plugin.errors import ConfigError
+from fedcmd_plugin.models.blocks import BlockNet
+from fedcmd_plugin.models.cnn import SmallCNN
+from fedcmd_plugin.models.lenet import LeNet5
+
+MODELS = {
+    "lenet5": LeNet5,
+    "lenet5_bn": partial(LeNet5, batch_norm=True),
+    "cnn": SmallCNN,
+}
+
+
+def register_model_builder(name, fn):
+    """Make `fn(in_channels, num_classes, image_size)` buildable by name; a name cannot be taken twice."""
+    if name in MODELS and MODELS[name] is not fn:
+        raise ValueError(f"model name {name!r} is already registered")
+    MODELS[name] = fn
+
+
+def build_model(name, in_channels, num_classes, image_size):
+    """The model registered as `name`; an unknown name is a ConfigError naming the `model` key."""
+    if name not in MODELS:
+        raise ConfigError(f"model: unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+    return MODELS[name](in_channels=in_channels, num_classes=num_classes, image_size=image_size)
+
+
+__all__ = ["BlockNet", "LeNet5", "SmallCNN", "MODELS", "build_model", "register_model_builder"]

@@ -1,0 +1,93 @@
+"""Algorithm names -> (EasyFL server class, client class, model builder), and the registration call.
+
+Third-party algorithms join either by calling `register_algorithm(Algorithm(...))` before `register(name)`, or
+through the entry-point group `fedcmd_plugin.algorithms` (each entry point loads a module or callable that
+registers its algorithms), so the package never needs editing.
+"""
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Callable
+
+from fedcmd_plugin.errors import ConfigError
+
+ENTRY_POINT_GROUP = "fedcmd_plugin.algorithms"
+BUILTIN_MODULES = ("fedcmd_plugin.baselines",)
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    name: str
+    server: type  # an easyfl.server.BaseServer subclass
+    client: type  # an easyfl.client.BaseClient subclass
+    model: Callable  # model(conf, data_info) -> torch.nn.Module
+    summary: str = ""
+
+
+_ALGORITHMS = {}
+_loaded = False
+
+
+def register_algorithm(algorithm):
+    """Add (or replace) an algorithm under its name."""
+    _ALGORITHMS[algorithm.name] = algorithm
+    return algorithm
+
+
+def load_builtins():
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    import importlib
+
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        loaded = entry.load()
+        if callable(loaded):
+            loaded()
+
+
+def algorithms():
+    """All known algorithms by name."""
+    load_builtins()
+    return dict(sorted(_ALGORITHMS.items()))
+
+
+def get_algorithm(name):
+    known = algorithms()
+    if name not in known:
+        raise ConfigError(f"algorithm {name!r} is unknown; known algorithms: {', '.join(known)}")
+    return known[name]
+
+
+class ConfiguredModel:
+    """Registered with EasyFL as a model class: instantiating it builds the configured algorithm's model."""
+
+    def __new__(cls):
+        from fedcmd_plugin.data import load_federated
+        from fedcmd_plugin.models.checkpoint import load_initial_params
+        from fedcmd_plugin.session import prepared_config
+
+        conf = prepared_config()
+        model = get_algorithm(conf.algorithm).model(conf, load_federated(conf).info)
+        return load_initial_params(model, conf.model_init.params_file)
+
+
+def register(name):
+    """Register algorithm `name` with EasyFL: its server, client, model and the configured federated data.
+
+    Afterwards `easyfl.init(config); easyfl.run()` runs it.
+    """
+    import easyfl
+
+    from fedcmd_plugin.data.federated import ConfiguredData
+    from fedcmd_plugin.session import note_registered
+
+    algorithm = get_algorithm(name)
+    easyfl.register_server(algorithm.server)
+    easyfl.register_client(algorithm.client)
+    easyfl.register_model(ConfiguredModel)
+    easyfl.register_dataset(ConfiguredData("train"), ConfiguredData("test"))
+    note_registered(name)
+    return algorithm

@@ -1,0 +1,93 @@
+"""The running experiment's config, completed and resolved for this process (device, ranks, backend).
+
+EasyFL builds models, data, server and clients from the config given to `easyfl.init`; everything the plugin
+builds asks `prepared_config()` so that it sees the same, fully checked config.
+"""
+import logging
+import os
+import sys
+
+from fedcmd_plugin.config import active_config, complete
+from fedcmd_plugin.errors import ConfigError
+
+LOGGER_NAME = "fedcmd_plugin"
+_prepared_id = None
+_registered_algorithm = None
+
+
+def note_registered(name):
+    global _registered_algorithm
+    _registered_algorithm = name
+
+
+def registered_algorithm():
+    return _registered_algorithm
+
+
+def prepared_config():
+    """EasyFL's active config, completed with the plugin's keys and resolved for this process (once per config)."""
+    global _prepared_id
+    conf = active_config()
+    if _prepared_id != id(conf):
+        prepare(conf)
+        _prepared_id = id(conf)
+    return conf
+
+
+def prepare(conf):
+    if _registered_algorithm is not None:
+        if "algorithm" not in conf:
+            conf.algorithm = _registered_algorithm
+        elif conf.algorithm != _registered_algorithm:
+            raise ConfigError(f"config key 'algorithm' is {conf.algorithm!r} but fedcmd_plugin.register"
+                              f"({_registered_algorithm!r}) was called: register the algorithm the config names")
+    complete(conf)
+    resolve_runtime(conf)
+    setup_logging()
+    return conf
+
+
+def env_int(name, default):
+    value = os.environ.get(name)
+    return default if value in (None, "") else int(value)
+
+
+def resolve_runtime(conf):
+    """Ranks from torchrun-style environment variables, the device from `gpu`, the backend from the device."""
+    import torch
+
+    dist = conf.distributed
+    dist.world_size = max(1, env_int("WORLD_SIZE", dist.world_size))
+    dist.rank = env_int("RANK", dist.rank)
+    dist.local_rank = env_int("LOCAL_RANK", dist.local_rank)
+    if dist.rank >= dist.world_size:
+        raise ConfigError(f"distributed.rank={dist.rank} must be below distributed.world_size={dist.world_size}")
+    conf.is_distributed = dist.world_size > 1
+    if conf.gpu > 0:
+        if not torch.cuda.is_available():
+            raise ConfigError(f"gpu={conf.gpu} but this machine has no CUDA device: set gpu: 0 to train on the CPU")
+        conf.device = f"cuda:{dist.local_rank % torch.cuda.device_count()}"
+    else:
+        conf.device = "cpu"
+    if dist.backend == "auto":
+        dist.backend = "nccl" if conf.gpu > 0 else "gloo"
+    elif dist.backend == "nccl" and conf.gpu == 0 and conf.is_distributed:
+        raise ConfigError("distributed.backend=nccl needs GPUs (gpu > 0); use gloo or auto on the CPU")
+    if not dist.init_method:
+        dist.init_method = "env://"
+
+
+def setup_logging():
+    """The plugin reports on its own logger, to stdout, whatever level EasyFL sets on the root logger."""
+    logger = logging.getLogger(LOGGER_NAME)
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
+
+
+def logger():
+    return setup_logging()

@@ -1,0 +1,161 @@
+"""The run folder of one experiment; only the primary process (rank 0) writes."""
+import time
+import traceback
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from fedcmd_plugin.session import logger
+from fedcmd_plugin.tracking import files, plots
+
+_last_run = {}
+
+
+def last_run():
+    """{"folder": Path, "summary": dict} of the most recent run in this process (empty before any run)."""
+    return dict(_last_run)
+
+
+def unique_folder(root, name):
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    folder = Path(root) / f"{name}-{stamp}"
+    suffix = 1
+    while folder.exists():
+        suffix += 1
+        folder = Path(root) / f"{name}-{stamp}-{suffix}"
+    folder.mkdir(parents=True)
+    return folder
+
+
+class Recorder:
+    def __init__(self, conf, primary=True):
+        self.conf = conf
+        self.primary = primary
+        self.folder = None
+        self.rounds = {}  # round -> metrics of that round
+        self.client_rows = []  # per evaluation and client
+        self.writer = None
+        self.started = time.time()
+        self.log = logger()
+
+    # ----- life cycle -------------------------------------------------------------------------------------------
+    def start(self, info):
+        if not self.primary:
+            return
+        conf = self.conf
+        name = conf.output.name or f"{conf.algorithm}-{conf.data.dataset}"
+        self.folder = unique_folder(conf.output.root, name)
+        files.write_json(self.folder / "status.json", {"state": "running", "started": time.ctime()})
+        files.write_text(self.folder / "config.yaml", OmegaConf.to_yaml(conf) if hasattr(OmegaConf, "to_yaml")
+                         else conf.pretty())
+        if info.get("partition"):
+            files.write_csv(self.folder / "partition.csv", info["partition"])
+        if conf.output.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.folder / "tensorboard"))
+        self.log.info(f"run folder: {self.folder}")
+        _last_run.clear()
+        _last_run["folder"] = self.folder
+
+    def finish(self, states, last_evaluation):
+        if not self.primary:
+            return
+        conf = self.conf
+        if conf.output.save_model and states:
+            for name, state in states.items():
+                files.save_torch(self.folder / "checkpoints" / f"{name}.pt", state)
+        self.write_metrics()
+        final = last_evaluation["summary"] if last_evaluation else {}
+        if conf.output.save_fig:
+            title = f"{conf.algorithm} on {conf.data.dataset}"
+            plots.accuracy_per_round(self.metric_rows(), self.plot_path("accuracy"), title)
+            if last_evaluation:
+                accs = [r["test_accuracy"] for r in last_evaluation["clients"] if "test_accuracy" in r]
+                plots.client_distribution(accs, self.plot_path("client_accuracy"), title)
+        summary = {"algorithm": conf.algorithm, "dataset": conf.data.dataset, "rounds": conf.server.rounds,
+                   "final": final, "seconds": time.time() - self.started,
+                   "seconds_per_round": self.seconds_per_round(), "folder": str(self.folder)}
+        files.write_json(self.folder / "summary.json", summary)
+        if self.writer:
+            self.writer.close()
+        files.write_json(self.folder / "status.json", {"state": "complete", "finished": time.ctime()})
+        _last_run["summary"] = summary
+        self.log.info(f"done: {self.headline(final)} | {summary['seconds']:.1f} s | {self.folder}")
+
+    def fail(self, exc):
+        if not self.primary or self.folder is None:
+            return
+        if self.writer:
+            self.writer.close()
+        message = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        files.write_json(self.folder / "status.json", {"state": "failed", "error": message, "finished": time.ctime()})
+
+    # ----- metrics ---------------------------------------------------------------------------------------------
+    def log_round(self, round_index, values):
+        self.rounds.setdefault(round_index, {"round": round_index + 1}).update(values)
+        self.scalars(round_index, "round", values)
+
+    def log_evaluation(self, round_index, summary, results):
+        if not self.primary:
+            return
+        self.rounds.setdefault(round_index, {"round": round_index + 1}).update(summary)
+        self.client_rows.extend({"round": round_index + 1, **r} for r in results)
+        self.scalars(round_index, "eval", summary)
+        if self.writer:
+            accs = [r["test_accuracy"] for r in results if "test_accuracy" in r]
+            if accs:
+                import numpy as np
+
+                self.writer.add_histogram("eval/client_accuracy", np.array(accs), round_index + 1)
+        self.log.info(f"round {round_index + 1}/{self.conf.server.rounds}: {self.headline(summary)}")
+        if self.conf.output.save_metrics:
+            self.write_metrics()
+
+    def scalars(self, round_index, prefix, values):
+        if self.writer:
+            for key, value in values.items():
+                if isinstance(value, (int, float)):
+                    self.writer.add_scalar(f"{prefix}/{key}", value, round_index + 1)
+
+    def metric_rows(self):
+        return [self.rounds[r] for r in sorted(self.rounds)]
+
+    def seconds_per_round(self):
+        times = [r["round_seconds"] for r in self.rounds.values() if "round_seconds" in r]
+        return sum(times) / len(times) if times else None
+
+    def write_metrics(self):
+        if not self.primary or not self.conf.output.save_metrics:
+            return
+        rows = self.metric_rows()
+        files.write_csv(self.folder / "metrics.csv", rows)
+        files.write_json(self.folder / "metrics.json", rows)
+        if self.client_rows:
+            files.write_csv(self.folder / "clients.csv", self.client_rows)
+
+    @staticmethod
+    def headline(summary):
+        if "accuracy" in summary:
+            text = (f"personalised accuracy {summary['accuracy']:.2f}% (clients {summary['accuracy_mean']:.1f} "
+                    f"± {summary['accuracy_std']:.1f}, min {summary['accuracy_min']:.1f})")
+            return text
+        parts = [f"{k} {v:.2f}" for k, v in summary.items() if isinstance(v, float)][:4]
+        return ", ".join(parts)
+
+    # ----- extras for algorithms (votes, matrices, decisions) -------------------------------------------------
+    def write_json(self, name, obj):
+        if self.primary:
+            files.write_json(self.folder / name, obj)
+
+    def plot_path(self, name):
+        """Where plot `name` goes (plots/<name>.png), or None when this process does not write plots."""
+        if not self.primary or not self.conf.output.save_fig:
+            return None
+        (self.folder / "plots").mkdir(exist_ok=True)
+        return self.folder / "plots" / f"{name}.png"
+
+    def image(self, tag, values, round_index):
+        """A matrix with values in [0, 1] as a TensorBoard image (e.g. a similarity matrix)."""
+        if self.writer:
+            self.writer.add_image(tag, values[None], round_index + 1)

@@ -1,0 +1,113 @@
+"""Aggregation maths checked against formulas written out by hand on small tensors."""
+import math
+
+import pytest
+import torch
+
+from fedcmd_plugin.aggregate import (
+    ema, flatten, normalise_rows, personalised_aggregates, similarity_matrix, weighted_average,
+)
+
+
+def three_states():
+    return [
+        {"w": torch.tensor([1.0, 2.0]), "b": torch.tensor([[0.0]]), "n": torch.tensor(10)},
+        {"w": torch.tensor([3.0, -1.0]), "b": torch.tensor([[6.0]]), "n": torch.tensor(20)},
+        {"w": torch.tensor([0.0, 4.0]), "b": torch.tensor([[3.0]]), "n": torch.tensor(31)},
+    ]
+
+
+def test_weighted_average_matches_hand_formula():
+    states = three_states()
+    result = weighted_average(states, [1, 2, 7])
+    assert torch.allclose(result["w"], torch.tensor([(1 + 6 + 0) / 10, (2 - 2 + 28) / 10]))
+    assert torch.allclose(result["b"], torch.tensor([[(0 + 12 + 21) / 10]]))
+    assert result["n"].item() == round((10 + 40 + 217) / 10)  # 26.7 -> 27
+    assert result["n"].dtype == torch.int64 and result["b"].shape == (1, 1)
+
+
+def test_weighted_average_only_requested_keys():
+    result = weighted_average(three_states(), [1, 1, 1], keys=["w"])
+    assert list(result) == ["w"]
+    assert torch.allclose(result["w"], torch.tensor([4 / 3, 5 / 3]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_dtype_preserved(dtype):
+    states = [{"w": torch.tensor([1.0, 2.0], dtype=dtype)}, {"w": torch.tensor([2.0, 4.0], dtype=dtype)}]
+    assert weighted_average(states, [1, 3])["w"].dtype == dtype
+    assert ema(states[0], states[1], 0.5)["w"].dtype == dtype
+    assert personalised_aggregates(states, torch.eye(2), ["w"])[1]["w"].dtype == dtype
+
+
+def test_weighted_average_rejects_bad_weights():
+    with pytest.raises(ValueError):
+        weighted_average(three_states(), [0, 0, 0])
+    with pytest.raises(ValueError):
+        weighted_average(three_states(), [1, -1, 1])
+    with pytest.raises(ValueError):
+        weighted_average(three_states(), [1, 1])
+
+
+def test_personalised_aggregates_match_hand_formula():
+    states = three_states()
+    phi = torch.tensor([[1.0, 0.5, 0.0], [0.5, 1.0, 0.25], [0.0, 0.25, 1.0]])
+    results = personalised_aggregates(states, phi, ["w", "b"])
+    assert len(results) == 3
+    for i, result in enumerate(results):
+        for key in ("w", "b"):
+            expected = sum(phi[i, j] * states[j][key] for j in range(3)) / phi[i].sum()
+            assert torch.allclose(result[key], expected)
+        assert set(result) == {"w", "b"}
+    # client 0 gives client 2 no weight: its aggregate ignores client 0 entirely
+    assert torch.allclose(results[2]["w"], (0.25 * states[1]["w"] + states[2]["w"]) / 1.25)
+
+
+def test_personalised_aggregates_identity_keeps_own_model():
+    states = three_states()
+    results = personalised_aggregates(states, torch.eye(3), ["w"])
+    for state, result in zip(states, results):
+        assert torch.equal(result["w"], state["w"])
+
+
+def test_similarity_matrix_clips_and_handles_zero_rows():
+    updates = torch.tensor([[1.0, 0.0], [1.0, 1.0], [-1.0, 0.0], [0.0, 0.0]])
+    sim = similarity_matrix(updates)
+    assert torch.allclose(sim[0, 1], torch.tensor(1 / math.sqrt(2)))
+    assert sim[0, 2] == 0 and sim[2, 0] == 0  # cosine -1 clipped
+    assert torch.equal(sim[3], torch.tensor([0.0, 0.0, 0.0, 1.0]))
+    assert torch.equal(torch.diagonal(sim), torch.ones(4))
+    assert torch.allclose(sim, sim.T) and (sim >= 0).all()
+
+
+def test_normalise_rows_sum_and_softmax():
+    phi = torch.tensor([[1.0, 0.5, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    summed = normalise_rows(phi, "sum")
+    assert torch.allclose(summed[0], torch.tensor([1 / 1.5, 0.5 / 1.5, 0.0]))
+    soft = normalise_rows(phi, "softmax")
+    e = math.exp(1.0), math.exp(0.5)
+    assert torch.allclose(soft[0], torch.tensor([e[0] / sum(e), e[1] / sum(e), 0.0]))
+    assert torch.equal(soft[2], torch.tensor([0.0, 0.0, 1.0]))
+    assert torch.allclose(soft.sum(dim=1), torch.ones(3))
+    with pytest.raises(ValueError):
+        normalise_rows(phi, "max")
+    with pytest.raises(ValueError):
+        normalise_rows(torch.zeros(2, 2), "softmax")
+
+
+def test_ema_formula():
+    previous = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(4)}
+    aggregate = {"w": torch.tensor([5.0, -2.0]), "n": torch.tensor(8)}
+    result = ema(previous, aggregate, 0.75)
+    assert torch.allclose(result["w"], 0.75 * previous["w"] + 0.25 * aggregate["w"])
+    assert result["n"].item() == 5
+    assert torch.equal(ema(previous, aggregate, 1.0, keys=["w"])["w"], previous["w"])
+    assert list(ema(previous, aggregate, 0.0, keys=["w"])) == ["w"]
+    with pytest.raises(ValueError):
+        ema(previous, aggregate, 1.5)
+
+
+def test_flatten_concatenates_floating_tensors_in_key_order():
+    state = {"a": torch.tensor([[1.0, 2.0]]), "n": torch.tensor(3), "b": torch.tensor([4.0])}
+    assert torch.equal(flatten(state, ["b", "n", "a"]), torch.tensor([4.0, 1.0, 2.0]))
+    assert flatten(state, ["n"]).numel() == 0
