@@ -26,6 +26,9 @@ NULLABLE_TYPES = {
     "server.join_ratio": (float,),
     "output.name": (str,),
     "model_init.params_file": (str,),
+    "personalization.personal_blocks": (list,),
+    "fedcmd.candidate_blocks": (list,),
+    "fedcmd.personal_block": (str,),
 }
 # Keys that accept more than their default's type.
 EXTRA_TYPES = {"output.progress": (str, bool)}
@@ -36,15 +39,18 @@ CHOICES = {
     "distributed.backend": ("auto", "gloo", "nccl"),
     "server.aggregation_strategy": ("FedAvg", "equal"),
     "output.progress": ("auto", True, False),
+    "personalization.similarity_norm": ("sum", "softmax"),
 }
 POSITIVE = {
     "server.rounds", "server.clients_per_round", "server.test_every", "server.round_timeout",
     "client.local_epoch", "client.batch_size", "client.test_batch_size", "data.num_of_clients",
     "data.class_per_client", "data.alpha", "client.straggler_min_local_epoch",
+    "fedcmd.max_values", "fedcmd.score_batches",
 }
 NON_NEGATIVE = {"client.finetune_epoch", "client.optimizer.lr", "client.optimizer.momentum",
                 "client.optimizer.weight_decay", "data.min_size", "gpu", "seed",
-                "distributed.world_size"}  # world_size 0 is EasyFL's "not distributed"
+                "distributed.world_size", "personalization.body_epochs", "personalization.warmup_rounds",
+                "fedcmd.selection_rounds"}  # world_size 0 is EasyFL's "not distributed"
 FRACTIONS = {"data.train_test_split", "server.join_ratio"}  # in (0, 1]
 UNIT_INTERVAL = {"client.straggler_ratio"}  # in [0, 1]
 

@@ -1,2 +1,2 @@
 """Baseline algorithms, each a registered plugin on the shared personalisation machinery."""
-from fedcmd_plugin.baselines import fedavg, local  # noqa: F401  (importing registers them)
+from fedcmd_plugin.baselines import fedavg, fedbabu, fedbn, fedper, fedrep, lg_fedavg, local, pfedsim  # noqa: F401

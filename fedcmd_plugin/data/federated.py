@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,7 +114,7 @@ def cached_partition(conf, labels):
             with np.load(file) as saved:
                 count = int(saved["clients"])
                 return [(saved[f"train{i}"], saved[f"test{i}"]) for i in range(count)]
-        except (OSError, KeyError, ValueError):
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
             pass  # an unreadable cache is recomputed and rewritten
     parts = make_partition(labels, d.split_type, d.num_of_clients, conf.seed, alpha=d.alpha, min_size=d.min_size,
                            class_per_client=d.class_per_client, train_fraction=d.train_test_split)

@@ -117,11 +117,14 @@ class FederatedClient(BaseClient):
             self.round_stats = {}
         return tuned
 
-    @torch.no_grad()
     def evaluate(self, dispatch, splits=("test",)):
         """Accuracy and loss of the client's personalised model on its own splits."""
         model = self.personalised_model(dispatch)
         model.eval()
+        with torch.no_grad():
+            return self.measure(model, splits)
+
+    def measure(self, model, splits):
         result = {}
         for split in splits:
             data = self.test_data if split == "test" else self.train_data

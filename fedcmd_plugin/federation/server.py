@@ -14,6 +14,7 @@ from easyfl.server import BaseServer
 from fedcmd_plugin import aggregate as agg
 from fedcmd_plugin.federation import distributed, progress
 from fedcmd_plugin.federation.evaluation import summarise_classification
+from fedcmd_plugin.federation.fleet import LocalFleet
 from fedcmd_plugin.federation.messages import Dispatch
 from fedcmd_plugin.federation.seeding import derived_seed
 from fedcmd_plugin.session import logger, prepared_config
@@ -44,16 +45,18 @@ class FederatedServer(BaseServer):
         device = self.conf.device
         self.workspace = model.to(device)
         self.initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        self.handles = self.make_handles(clients)
-        self.client_order = sorted(self.handles)
+        self.fleet = self.make_fleet(clients)
+        self.client_order = self.fleet.client_ids()
         self.last_evaluation = None
         self.recorder.start(self.describe_run())
 
-    def make_handles(self, clients):
-        """cid -> object with `run_round(dispatch)` and `evaluate(dispatch, splits)` (local clients here)."""
-        for client in clients:
-            client.attach(self.workspace, self.initial_state)
-        return {client.cid: client for client in clients}
+    def make_fleet(self, clients):
+        """Local client objects, or (remote mode) the gRPC client services named in the RunRequest."""
+        if self.is_remote:
+            from fedcmd_plugin.remote.fleet import RemoteFleet
+
+            return RemoteFleet(self, clients)
+        return LocalFleet(clients, self.workspace, self.initial_state)
 
     def describe_run(self):
         from fedcmd_plugin.data import load_federated
@@ -72,8 +75,7 @@ class FederatedServer(BaseServer):
             states["global"] = {k: v.detach().cpu() for k, v in self._model.state_dict().items()}
         personal = {}
         for cid in self.client_order:
-            handle = self.handles[cid]
-            kept = getattr(handle, "kept", {})
+            kept = self.fleet.kept(cid)
             if kept or not self.has_global_model:
                 state = dict(self.initial_state)
                 state.update(self.dispatch_for(cid).state)
@@ -93,10 +95,9 @@ class FederatedServer(BaseServer):
         return {}
 
     def dispatch_for(self, cid):
-        """What client `cid` loads this round: by default the global model without the personal keys."""
-        personal = set(self.personal_keys())
-        state = {k: v for k, v in self._model.state_dict().items() if k not in personal}
-        return Dispatch(state, self.base_meta(cid))
+        """What client `cid` loads this round: the global model. Personal keys are sent too, as the starting
+        values of a client that has none yet; a client's kept state always takes precedence over them."""
+        return Dispatch(dict(self._model.state_dict()), self.base_meta(cid))
 
     def aggregate(self, uploads):
         """Default: sample-weighted FedAvg of the shared state into the global model."""
@@ -154,7 +155,7 @@ class FederatedServer(BaseServer):
     def train(self):
         self.selection()
         self.grouping_for_distributed()
-        uploads = [self.handles[cid].run_round(self.dispatch_for(cid)) for cid in self.grouped_clients]
+        uploads = self.fleet.train({cid: self.dispatch_for(cid) for cid in self.grouped_clients})
         uploads = distributed.gather_uploads(uploads)
         self.sync_replicas(uploads)
         uploads.sort(key=lambda u: self.selected_clients.index(u.cid))
@@ -166,9 +167,7 @@ class FederatedServer(BaseServer):
         if self.world == 1:
             return
         for upload in uploads:
-            handle = self.handles.get(upload.cid)
-            if handle is not None and hasattr(handle, "kept"):
-                handle.kept = upload.kept
+            self.fleet.set_kept(upload.cid, upload.kept)
 
     def post_train(self):
         self.round_seconds = time.time() - self.round_started
@@ -194,7 +193,7 @@ class FederatedServer(BaseServer):
         if not splits:
             return
         mine = distributed.shard(self.evaluation_clients(), self.rank, self.world)
-        results = [{"cid": cid, **self.handles[cid].evaluate(self.dispatch_for(cid), splits)} for cid in mine]
+        results = self.fleet.evaluate({cid: self.dispatch_for(cid) for cid in mine}, splits)
         results = sorted(distributed.gather_json(results), key=lambda r: r["cid"])
         summary = self.summarise_evaluation(results)
         self.last_evaluation = {"round": self._current_round, "summary": summary, "clients": results}
@@ -203,7 +202,7 @@ class FederatedServer(BaseServer):
 
     def summarise_evaluation(self, results):
         summary = summarise_classification(results)
-        if self.has_global_model and "accuracy" in summary and not self.conf.client.finetune_epoch:
+        if self.has_global_model and "accuracy" in summary and not self.base_meta("")["finetune_epoch"]:
             summary["global_accuracy"] = summary["accuracy"]  # one model for all: the same weighted accuracy
         return summary
 

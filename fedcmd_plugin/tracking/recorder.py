@@ -35,6 +35,7 @@ class Recorder:
         self.rounds = {}  # round -> metrics of that round
         self.client_rows = []  # per evaluation and client
         self.writer = None
+        self.notes = {}  # algorithm facts for summary.json (e.g. FedCMD's chosen layer)
         self.started = time.time()
         self.log = logger()
 
@@ -75,7 +76,7 @@ class Recorder:
                 plots.client_distribution(accs, self.plot_path("client_accuracy"), title)
         summary = {"algorithm": conf.algorithm, "dataset": conf.data.dataset, "rounds": conf.server.rounds,
                    "final": final, "seconds": time.time() - self.started,
-                   "seconds_per_round": self.seconds_per_round(), "folder": str(self.folder)}
+                   "seconds_per_round": self.seconds_per_round(), "folder": str(self.folder), **self.notes}
         files.write_json(self.folder / "summary.json", summary)
         if self.writer:
             self.writer.close()

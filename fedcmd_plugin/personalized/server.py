@@ -1,0 +1,90 @@
+"""Server machinery shared by the personalised algorithms: block-based key sets, per-client server state and
+similarity-weighted per-client aggregation."""
+import numpy as np
+import torch
+
+from fedcmd_plugin import aggregate as agg
+from fedcmd_plugin.errors import ConfigError
+from fedcmd_plugin.federation.messages import Dispatch
+from fedcmd_plugin.federation.server import FederatedServer
+from fedcmd_plugin.personalized.layers import keys_of_blocks
+from fedcmd_plugin.tracking import plots
+
+
+class PersonalizedServer(FederatedServer):
+    has_global_model = False
+    default_personal_blocks = ("classifier",)
+
+    def setup(self, model, clients):
+        if not hasattr(model, "block_names"):
+            raise ConfigError(f"algorithm {self.conf.algorithm!r} needs a model made of named blocks "
+                              f"(lenet5, lenet5_bn, cnn); config key 'model' is {self.conf.model!r}")
+        self.block_names = list(model.block_names)
+        self.block_of = model.block_of
+        self.state_keys = list(model.state_dict())
+        self.client_states = {}  # cid -> the keys the server aggregated for that client alone
+        super().setup(model, clients)
+        self.similarity = np.zeros((len(self.client_order), len(self.client_order)))
+        self.position = {cid: i for i, cid in enumerate(self.client_order)}
+
+    # ----- key sets ----------------------------------------------------------------------------------------------
+    def keys_of(self, blocks):
+        return keys_of_blocks(self.state_keys, self.block_of, blocks)
+
+    def configured_blocks(self, key, value, default):
+        blocks = list(default if value is None else value)
+        unknown = [b for b in blocks if b not in self.block_names]
+        if unknown:
+            raise ConfigError(f"config key '{key}' names unknown blocks {unknown}; the model's blocks are "
+                              f"{', '.join(self.block_names)}")
+        return blocks
+
+    def personal_blocks(self):
+        return self.configured_blocks("personalization.personal_blocks", self.conf.personalization.personal_blocks,
+                                      self.default_personal_blocks)
+
+    def personal_keys(self):
+        return self.keys_of(self.personal_blocks())
+
+    # ----- dispatch and aggregation ----------------------------------------------------------------------------
+    def dispatch_for(self, cid):
+        state = dict(self._model.state_dict())
+        state.update(self.client_states.get(cid, {}))
+        return Dispatch(state, self.base_meta(cid))
+
+    def aggregate_by_similarity(self, uploads, keys, signatures):
+        """Each uploading client i gets w_i = sum_j Phi_ij w_j / sum_j Phi_ij over `keys`, with Phi the clipped
+        cosine similarity of the clients' signature vectors; the global copy of `keys` gets plain FedAvg."""
+        if not keys or not uploads:
+            return
+        phi = agg.similarity_matrix(torch.stack(signatures))
+        weights = agg.normalise_rows(phi, self.conf.personalization.similarity_norm)
+        mixed = agg.personalised_aggregates([u.state for u in uploads], weights, keys)
+        for upload, state in zip(uploads, mixed):
+            self.client_states.setdefault(upload.cid, {}).update(state)
+        self.update_global(uploads, keys)
+        self.record_similarity(uploads, phi)
+
+    def update_global(self, uploads, keys):
+        """Sample-weighted FedAvg of `keys` into the global model (the starting point of new clients)."""
+        if not keys or not uploads:
+            return
+        merged = agg.weighted_average([u.state for u in uploads], self.upload_weights(uploads), keys)
+        state = self._model.state_dict()
+        state.update(merged)
+        self._model.load_state_dict(state)
+
+    def record_similarity(self, uploads, phi):
+        index = [self.position[u.cid] for u in uploads]
+        self.similarity[np.ix_(index, index)] = phi.double().cpu().numpy()
+        self.recorder.image("similarity/round", phi.double().clamp(0, 1).cpu().numpy(), self._current_round)
+
+    def finish(self):
+        if self.similarity.any():
+            self.recorder.write_json("similarity.json", {"clients": self.client_order,
+                                                         "matrix": self.similarity.round(4).tolist()})
+            path = self.recorder.plot_path("similarity")
+            if path:
+                plots.matrix(self.similarity, self.client_order, path,
+                             "client similarity (latest round each pair met)")
+        super().finish()

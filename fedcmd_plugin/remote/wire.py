@@ -1,0 +1,152 @@
+"""What the remote roles share: gRPC channels and servers, addresses, status codes, JSON payloads and the
+remote envelope around a round's `Dispatch`.
+
+Payloads are the plugin's tensor archives (`Dispatch`/`Upload` bytes) or JSON; nothing here unpickles.
+"""
+import json
+import math
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+
+from fedcmd_plugin.errors import ConfigError, PluginError
+from fedcmd_plugin.federation.messages import Dispatch
+
+MAX_MESSAGE_BYTES = 512 * 1024 * 1024  # whole models travel in one message
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
+# The server's run status (JSON in, JSON out) next to EasyFL's ServerService on the same port.
+STATUS_SERVICE = "fedcmd_plugin.remote.RunStatus"
+STATUS_METHOD = f"/{STATUS_SERVICE}/Get"
+
+ENVELOPE_KEY = "_remote"  # Dispatch.meta entry the remote layer adds (and removes again on the client)
+INITIAL_PREFIX = "_remote.initial/"  # Dispatch.extra entries carrying the run's initial state
+TRAIN, TEST = "train", "test"
+
+
+class RemoteError(PluginError):
+    """A remote run cannot go on (no client answered, server unreachable, bad request...)."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One client service of a run: the client id it hosts, where it listens and its data index."""
+    cid: str
+    address: str
+    index: int
+
+
+def check_address(address, key="address"):
+    """'host:port' with a port in 1..65535; returns it stripped."""
+    text = str(address).strip()
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{key} {text!r} must look like host:port (e.g. localhost:22999)")
+    return text
+
+
+def check_port(value, key):
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise ConfigError(f"config key '{key}' must be a port number in 1..65535; got {value!r}")
+    return value
+
+
+def channel(address):
+    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+
+def wait_ready(chan, address, timeout):
+    """Block until `chan` is connected; RemoteError naming `address` after `timeout` seconds."""
+    try:
+        grpc.channel_ready_future(chan).result(timeout=timeout)
+    except grpc.FutureTimeoutError:
+        raise RemoteError(f"cannot reach {address} within {timeout:.0f} s") from None
+
+
+def grpc_server(bind, port, workers):
+    """A started-later gRPC server listening on bind:port; ConfigError when the port cannot be used."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=CHANNEL_OPTIONS)
+    host = f"[{bind}]" if ":" in bind and not bind.startswith("[") else bind
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:
+        bound = 0
+    if not bound:
+        raise ConfigError(f"cannot listen on {bind}:{port} (port in use or address not available)")
+    return server
+
+
+def one_line(exc):
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, PluginError) else f"{type(exc).__name__}: {text}"
+
+
+def rpc_error_text(exc):
+    """A short reason for a failed RPC (status code + details)."""
+    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+        details = " ".join(str(exc.details() or "").split())
+        return f"{exc.code().name}: {details}" if details else exc.code().name
+    return one_line(exc)
+
+
+# ----- JSON ---------------------------------------------------------------------------------------------------
+def _plain(value):
+    """numpy scalars/arrays and tensors as JSON values."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _finite(value):
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def to_json(obj):
+    return json.dumps(obj, default=_plain, allow_nan=True).encode()
+
+
+def from_json_object(payload, what):
+    """A JSON object (dict) from bytes; RemoteError for anything else."""
+    try:
+        obj = json.loads(bytes(payload).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise RemoteError(f"{what} is not JSON") from None
+    if not isinstance(obj, dict):
+        raise RemoteError(f"{what} is not a JSON object")
+    return obj
+
+
+# ----- the envelope around a Dispatch ----------------------------------------------------------------------------
+def wrap(dispatch, splits=None, initial_state=None):
+    """The Dispatch a client service receives: the algorithm's Dispatch plus, in a reserved meta entry, the
+    evaluation splits and (on first contact in a run) the run's initial state in reserved extra entries."""
+    envelope = {}
+    extra = dict(dispatch.extra)
+    if splits is not None:
+        envelope["splits"] = list(splits)
+    if initial_state is not None:
+        envelope["initial"] = True
+        extra.update({INITIAL_PREFIX + key: value for key, value in initial_state.items()})
+    meta = dict(dispatch.meta)
+    meta[ENVELOPE_KEY] = envelope
+    return Dispatch(dispatch.state, meta, extra)
+
+
+def unwrap(dispatch):
+    """(the algorithm's Dispatch, envelope dict, initial state or None): `wrap` undone."""
+    meta = dict(dispatch.meta)
+    envelope = meta.pop(ENVELOPE_KEY, {})
+    if not isinstance(envelope, dict):
+        raise RemoteError("dispatch envelope is malformed")
+    extra, initial = {}, {}
+    for key, value in dispatch.extra.items():
+        if key.startswith(INITIAL_PREFIX):
+            initial[key[len(INITIAL_PREFIX):]] = value
+        else:
+            extra[key] = value
+    return Dispatch(dispatch.state, meta, extra), envelope, (initial if envelope.get("initial") else None)
