@@ -82,7 +82,8 @@ def free_port():
 
 def launch_distributed(nproc, configs, overrides):
     """N local processes with torchrun-style variables (gloo on the CPU); each runs the same configs."""
-    env_base = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(nproc))
+    env_base = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(nproc),
+                    LOCAL_WORLD_SIZE=str(nproc))
     processes = []
     for rank in range(nproc):
         env = dict(env_base, RANK=str(rank), LOCAL_RANK=str(rank))
@@ -142,6 +143,8 @@ def build_parser():
     show.set_defaults(handler=command_show_config)
     listing = commands.add_parser("list", help="list algorithms, data sets and models")
     listing.set_defaults(handler=command_list)
+    from fedcmd_plugin.remote.cli import add_commands as add_remote_commands
+    add_remote_commands(commands)
     return parser
 
 

@@ -11,7 +11,7 @@ from typing import Callable
 from fedcmd_plugin.errors import ConfigError
 
 ENTRY_POINT_GROUP = "fedcmd_plugin.algorithms"
-BUILTIN_MODULES = ("fedcmd_plugin.baselines", "fedcmd_plugin.fedcmd.algorithm")
+BUILTIN_MODULES = ("fedcmd_plugin.baselines", "fedcmd_plugin.fedcmd.algorithm", "fedcmd_plugin.fedureid.algorithm")
 
 
 @dataclass(frozen=True)

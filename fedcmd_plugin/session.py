@@ -75,6 +75,14 @@ def resolve_runtime(conf):
         raise ConfigError("distributed.backend=nccl needs GPUs (gpu > 0); use gloo or auto on the CPU")
     if not dist.init_method:
         dist.init_method = "env://"
+    torch.set_num_threads(conf.num_threads or threads_per_process())
+
+
+def threads_per_process():
+    """Cores shared among the processes of this machine: oversubscribed threads spin and slow small models
+    by an order of magnitude (LOCAL_WORLD_SIZE is set by torchrun and by the plugin's launchers)."""
+    processes = max(1, env_int("LOCAL_WORLD_SIZE", 1))
+    return max(1, (os.cpu_count() or 1) // processes)
 
 
 def setup_logging():

@@ -198,11 +198,15 @@ class ConfiguredData(FederatedDataset):
     def __init__(self, part):
         super().__init__()
         self._part = part
+        self._resolved = (None, None)  # (config, data): clients ask for their data every epoch
 
     def resolve(self):
         from fedcmd_plugin.session import prepared_config
 
-        return getattr(load_federated(prepared_config()), self._part)
+        conf = prepared_config()
+        if self._resolved[0] is not conf:
+            self._resolved = (conf, getattr(load_federated(conf), self._part))
+        return self._resolved[1]
 
     def __getattr__(self, name):
         if name.startswith("_"):

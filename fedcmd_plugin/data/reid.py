@@ -165,6 +165,8 @@ def generate_synthetic(root, edges=4, identities=30, test_identities=20, cameras
                              ("junk", junk, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"synthetic {name}: expected an integer >= {low}, got {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"synthetic seed: expected an integer >= 0, got {seed!r}")
     height, width = image_size
     if height < 16 or width < 8:
         raise ConfigError(f"synthetic image_size: expected at least (16, 8), got {image_size!r}")
@@ -226,7 +228,8 @@ def _write_edge(folder, info):
     def save(split, pid, cam, image, index):
         nonlocal frame
         frame += 1
-        image.save(folder / split / f"{pid:04d}_c{cam + 1}s1_{frame:06d}_{index:02d}.jpg", quality=90)
+        name = f"{pid:04d}" if pid >= 0 else str(pid)  # Market writes junk as -1, not -001
+        image.save(folder / split / f"{name}_c{cam + 1}s1_{frame:06d}_{index:02d}.jpg", quality=90)
 
     for pid in range(1, train_ids + test_ids + 1):
         test = pid > train_ids
@@ -253,10 +256,10 @@ def _edge_style(rng):
 
 def _camera(rng, style):
     """Per-camera viewpoint (shift, scale, facing), light, colour cast, blur, noise and background."""
-    return {"shift": rng.uniform(-0.12, 0.12), "scale": rng.uniform(0.85, 1.0),
-            "facing": FACINGS[int(rng.integers(len(FACINGS)))], "light": rng.uniform(0.65, 1.3),
-            "cast": rng.uniform(0.8, 1.2, 3), "blur": rng.uniform(0.0, 1.0), "noise": rng.uniform(0.01, 0.04),
-            "wall": np.clip(style["ground"] + rng.uniform(-0.25, 0.25, 3), 0, 1),
+    return {"shift": rng.uniform(-0.1, 0.1), "scale": rng.uniform(0.88, 1.0),
+            "facing": FACINGS[int(rng.integers(len(FACINGS)))], "light": rng.uniform(0.75, 1.2),
+            "cast": rng.uniform(0.88, 1.12, 3), "blur": rng.uniform(0.0, 1.0), "noise": rng.uniform(0.01, 0.04),
+            "wall": np.clip(0.5 * (style["ground"] + rng.uniform(-0.25, 0.25, 3)) + 0.25, 0, 1),  # muted
             "floor": np.clip(style["ground"] * rng.uniform(0.5, 0.9), 0, 1), "texture": int(rng.integers(3))}
 
 
@@ -265,7 +268,7 @@ def _person(rng):
     upper, lower = rng.choice(len(PALETTE), 2, replace=False)
     return {"upper": PALETTE[upper] * rng.uniform(0.85, 1.0), "lower": PALETTE[lower] * rng.uniform(0.85, 1.0),
             "accent": PALETTE[int(rng.integers(len(PALETTE)))], "pattern": PATTERNS[int(rng.integers(len(PATTERNS)))],
-            "period": int(rng.integers(2, 5)), "width": rng.uniform(0.75, 1.15), "height": rng.uniform(0.82, 0.97),
+            "period": int(rng.integers(2, 5)), "width": rng.uniform(0.75, 1.15), "height": rng.uniform(0.86, 0.97),
             "legs": rng.uniform(0.42, 0.5), "skin": SKIN[int(rng.integers(len(SKIN)))],
             "hair": rng.uniform(0.05, 0.5) * np.array([1.0, 0.8, 0.6]), "long_hair": bool(rng.random() < 0.35),
             "shorts": bool(rng.random() < 0.25), "shoes": rng.uniform(0.05, 0.9, 3),
@@ -284,7 +287,7 @@ def _render(person, camera, style, rng, size, junk=False):
     if junk:  # shifted mostly out of the crop
         centre += width * rng.choice([-1, 1]) * rng.uniform(0.45, 0.6)
     side = camera["facing"] == "side"
-    half = width * 0.2 * person["width"] * camera["scale"] * (0.7 if side else 1.0)
+    half = width * 0.26 * person["width"] * camera["scale"] * (0.7 if side else 1.0)
     v = (yy - top) / body_h  # 0 at the top of the head, 1 at the soles
     u = (xx - centre) / half  # -1..1 across the shoulders
     stride = 0.25 * math.sin(rng.uniform(0, 2 * math.pi))
@@ -324,7 +327,8 @@ def _render(person, camera, style, rng, size, junk=False):
 def _background(camera, yy, xx, height, width, rng):
     """A wall over a floor; the wall textured per camera (plain gradient, tiles or vertical structures)."""
     horizon = height * rng.uniform(0.55, 0.7)
-    wall = np.broadcast_to(camera["wall"], (height, width, 3)) * (0.85 + 0.3 * (yy / height))[..., None]
+    tone = np.clip(camera["wall"] + rng.uniform(-0.12, 0.12, 3), 0, 1)  # the scene changes a little per shot
+    wall = np.broadcast_to(tone, (height, width, 3)) * (0.85 + 0.3 * (yy / height))[..., None]
     if camera["texture"] == 1:
         wall = wall * (1 - 0.15 * ((np.floor(yy / 6) + np.floor(xx / 6)) % 2))[..., None]
     elif camera["texture"] == 2:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from fedcmd_plugin.errors import ConfigError, DataError
 
 DEFAULT_BLOCK_SIZE = 1024  # rows per block: one block of similarities is block_size x N floats
+KRUSKAL_CHUNK = 8192  # sorted pairs moved to Python at a time
 DENSE_PAIRS = 1 << 19  # up to this many cluster pairs (about 1,000 clusters) all pairs are kept in one pass
 
 
@@ -36,7 +37,8 @@ def merge_step(features, labels, merge_count, size_penalty=0.003, block_size=DEF
     """One BUC step: merge the `merge_count` least dissimilar cluster pairs and relabel 0..C'-1.
 
     `features` is [N, D] (any device), `labels` [N] integer cluster ids (any values). Returns a LongTensor [N]
-    on the labels' device. See the module docstring for the exact semantics.
+    on the labels' device. See the module docstring for the exact semantics. `block_size` bounds the rows of
+    similarities held at once (a cluster larger than that gets a block of its own).
     """
     features, labels = _check_inputs(features, labels, merge_count, size_penalty, block_size)
     _, labels = torch.unique(labels, return_inverse=True)  # contiguous 0..C-1, ordered by old id
@@ -116,15 +118,14 @@ def _closest_pairs(feats, sorted_labels, sizes, offsets, size_penalty, block_siz
         block_values, block_pairs, threshold = _block_pairs(feats, sorted_labels, penalty, suffix_min, first,
                                                             last, row0, row1, threshold, keep)
         values, pairs = torch.cat([values, block_values]), torch.cat([pairs, block_pairs])
-        if values.numel() >= keep:
-            threshold = float(torch.kthvalue(values.cpu(), keep).values)
+        if values.numel() > keep:  # never when keep covers every pair: then the result is complete
+            threshold = float(torch.kthvalue(values.cpu(), keep + 1).values)
             below = values < threshold  # strict: every pair below the threshold is known exactly
             values, pairs = values[below], pairs[below]
         first = last
-    by_pair = torch.argsort(pairs)
-    values, pairs = values[by_pair], pairs[by_pair]
-    by_value = torch.argsort(values, stable=True)
-    values, pairs = values[by_value], pairs[by_value]
+    # Blocks, and rows within a block, come in cluster order, so pairs arrive sorted by key a * C + b and one
+    # stable sort by value leaves ties ordered by (a, b).
+    pairs = pairs[torch.argsort(values, stable=True)]
     return pairs // num_clusters, pairs % num_clusters, threshold == math.inf
 
 
@@ -159,7 +160,7 @@ def _block_pairs(feats, sorted_labels, penalty, suffix_min, first, last, row0, r
         gap = threshold - float(row_penalty.min() + suffix_min[first])
         if gap <= 0:
             return sim.new_empty(0), torch.empty(0, dtype=torch.long, device=sim.device), threshold
-        floor = 1.0 - gap * gap / 2.0
+        floor = 1.0 - gap * gap / 2.0 - 1e-6  # a hair lower, so float rounding cannot drop a boundary pair
         hot = torch.nonzero(sim.amax(dim=1) > floor).squeeze(1)  # rows with at least one candidate
         hot_row, col = torch.nonzero(sim[hot] > floor, as_tuple=True)
         row = hot[hot_row]
@@ -181,12 +182,13 @@ def _kruskal(pair_a, pair_b, num_clusters, merges):
         return x
 
     done = 0
-    for a, b in zip(pair_a.tolist(), pair_b.tolist()):
-        root_a, root_b = find(a), find(b)
-        if root_a == root_b:
-            continue
-        parent[max(root_a, root_b)] = min(root_a, root_b)  # the group keeps its smallest cluster id as root
-        done += 1
-        if done == merges:
-            break
+    for start in range(0, pair_a.numel(), KRUSKAL_CHUNK):  # most steps end in the first chunk
+        for a, b in zip(pair_a[start:start + KRUSKAL_CHUNK].tolist(), pair_b[start:start + KRUSKAL_CHUNK].tolist()):
+            root_a, root_b = find(a), find(b)
+            if root_a == root_b:
+                continue
+            parent[max(root_a, root_b)] = min(root_a, root_b)  # the group keeps its smallest cluster id as root
+            done += 1
+            if done == merges:
+                return parent, done
     return parent, done

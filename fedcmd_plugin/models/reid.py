@@ -15,7 +15,7 @@ from fedcmd_plugin.errors import ConfigError
 
 BACKBONES = ("small", "resnet18", "resnet50")
 AGGREGATED_PREFIXES = ("backbone.", "embedding.")
-SMALL_WIDTHS = (32, 64, 128, 256)
+SMALL_WIDTHS = (16, 32, 64, 128)
 RESNET_STAGES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
 
 

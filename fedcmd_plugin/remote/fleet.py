@@ -36,8 +36,9 @@ class RemoteFleet:
             raise RemoteError("the run has no clients")
         self.timeout = float(server.conf.server.round_timeout)
         self.log = logger()
-        self.channels = {cid: channel(e.address) for cid, e in self.endpoints.items()}
-        self.stubs = {cid: client_grpc.ClientServiceStub(chan) for cid, chan in self.channels.items()}
+        # One channel per client service (a service may host several clients).
+        self.channels = {e.address: channel(e.address) for e in self.endpoints.values()}
+        self.stubs = {address: client_grpc.ClientServiceStub(chan) for address, chan in self.channels.items()}
         self.initialised = set()  # clients that received this run's initial state
         self.lock = threading.Lock()
         self.pool = ThreadPoolExecutor(max_workers=max(1, min(32, len(self.endpoints))),
@@ -115,7 +116,7 @@ class RemoteFleet:
             request = client_pb.OperateRequest(
                 type=client_pb.OP_TYPE_TRAIN if kind == TRAIN else client_pb.OP_TYPE_TEST, model=payload,
                 data_index=endpoint.index, config=self.operate_config(dispatch, round_index))
-            response = self.stubs[cid].Operate(request, timeout=min(OPERATE_TIMEOUT, self.timeout))
+            response = self.stubs[endpoint.address].Operate(request, timeout=min(OPERATE_TIMEOUT, self.timeout))
         except Exception as exc:  # unreachable, deadline, encoding: the client misses this round
             waiter.fail(cid, f"not reachable at {endpoint.address} ({rpc_error_text(exc)})")
             return

@@ -4,7 +4,8 @@ remote envelope around a round's `Dispatch`.
 Payloads are the plugin's tensor archives (`Dispatch`/`Upload` bytes) or JSON; nothing here unpickles.
 """
 import json
-import math
+import signal
+import threading
 from concurrent import futures
 from dataclasses import dataclass
 
@@ -79,6 +80,23 @@ def grpc_server(bind, port, workers):
     return server
 
 
+def serve_until_stopped(grpc_srv, stop_event=None, on_stop=None, grace=1.0):
+    """Block until SIGTERM (containers stop services with it), Ctrl-C or `stop_event`; then stop `grpc_srv`."""
+    stop_event = stop_event or threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
+    try:
+        while not stop_event.wait(0.5):
+            pass
+    finally:
+        if on_stop is not None:
+            on_stop()
+        grpc_srv.stop(grace).wait(grace + 1)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def one_line(exc):
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if isinstance(exc, PluginError) else f"{type(exc).__name__}: {text}"
@@ -100,10 +118,6 @@ def _plain(value):
     if hasattr(value, "item"):
         return value.item()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def _finite(value):
-    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def to_json(obj):

@@ -76,3 +76,20 @@ def bars(names, values, path, title, ylabel):
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def curves(series, path, title, xlabel, ylabel):
+    """One line per name: series = {name: (xs, ys)} (e.g. CMC curves per edge, mAP per round)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, (xs, ys) in series.items():
+        ax.plot(list(xs), list(ys), marker="." if len(xs) < 30 else None, label=str(name))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,104 @@
+"""Starting a remote run and waiting for its end.
+
+`trigger(conf)` sends EasyFL's `RunRequest` to `remote.server_address` naming the client services of
+`remote.client_addresses` (the i-th address hosts client index i, id c<i:03d>), then polls the server's
+status method until the run is complete. `run_status` / `wait_for_run` also serve runs started another way,
+e.g. with EasyFL's own stub.
+"""
+import time
+
+import grpc
+from easyfl.pb import common_pb2 as common_pb
+from easyfl.pb import server_service_pb2 as server_pb
+from easyfl.pb import server_service_pb2_grpc as server_grpc
+
+from fedcmd_plugin.errors import ConfigError
+from fedcmd_plugin.remote.wire import (STATUS_METHOD, RemoteError, channel, from_json_object, rpc_error_text,
+                                       to_json, wait_ready)
+from fedcmd_plugin.session import logger
+
+FINISHED = ("complete", "stopped", "failed")
+
+
+def run_status(chan, timeout=30.0):
+    """The server's status dict over an open channel."""
+    get = chan.unary_unary(STATUS_METHOD)
+    return from_json_object(get(to_json({}), timeout=timeout), "the server's status")
+
+
+def wait_for_run(chan, address, run_id=None, timeout=None, poll=1.0, lost_after=60.0, report=None):
+    """Poll until run `run_id` (default: the current one) has finished; returns its final status dict.
+
+    RemoteError when it failed, when `timeout` seconds passed (the run goes on on the server) or when the
+    server cannot be reached for `lost_after` seconds."""
+    started = last_contact = time.monotonic()
+    last_round = None
+    while True:
+        now = time.monotonic()
+        try:
+            state = run_status(chan)
+            last_contact = now
+        except grpc.RpcError as exc:
+            if now - last_contact > lost_after:
+                raise RemoteError(f"lost the server at {address} for {lost_after:.0f} s ({rpc_error_text(exc)})") \
+                    from None
+            state = None
+        if state is not None:
+            run_id = run_id or state.get("run_id")
+            if state.get("run_id") != run_id:
+                raise RemoteError(f"the server at {address} no longer knows run {run_id} (restarted?)")
+            if state.get("state") == "failed":
+                raise RemoteError(f"run {run_id} failed: {state.get('error')}")
+            if state.get("state") in FINISHED:
+                return state
+            if report is not None and state.get("round") != last_round:
+                last_round = state.get("round")
+                report(state)
+        if timeout and now - started > timeout:
+            raise RemoteError(f"run {run_id} did not finish within {timeout:g} s (it goes on on the server)")
+        time.sleep(poll)
+
+
+def run_request(addresses):
+    from fedcmd_plugin.data.federated import client_ids
+
+    return server_pb.RunRequest(clients=[server_pb.Client(client_id=cid, address=str(address), index=i)
+                                         for i, (cid, address) in enumerate(zip(client_ids(len(addresses)),
+                                                                               addresses))])
+
+
+def trigger(conf, timeout=None, connect_timeout=120.0, poll=1.0):
+    """Start a run on the configured server with the configured clients and wait for it; its final status."""
+    from fedcmd_plugin.remote.roles import check_remote_config
+
+    check_remote_config(conf)
+    addresses = list(conf.remote.client_addresses)
+    if not addresses:
+        raise ConfigError("remote.client_addresses is empty: name the client services, e.g. "
+                          "remote.client_addresses=[host0:23000,host1:23000]")
+    address = str(conf.remote.server_address)
+    log = logger()
+    chan = channel(address)
+    try:
+        wait_ready(chan, address, connect_timeout)
+        try:
+            answer = server_grpc.ServerServiceStub(chan).Run(run_request(addresses), timeout=120)
+        except grpc.RpcError as exc:
+            raise RemoteError(f"run request to {address} failed: {rpc_error_text(exc)}") from None
+        if answer.status.code != common_pb.SC_OK:
+            name = common_pb.StatusCode.Name(answer.status.code)
+            raise RemoteError(f"the server at {address} refused the run ({name}): {answer.status.message}")
+        run_id = answer.status.message.split()[1] if answer.status.message.startswith("run ") else None
+        log.info(f"{answer.status.message} (server {address})")
+
+        def report(state):
+            log.info(f"run {state.get('run_id')}: round {state.get('round')}/{state.get('rounds')}")
+
+        final = wait_for_run(chan, address, run_id, timeout, poll, report=report)
+    finally:
+        chan.close()
+    summary = final.get("summary") or {}
+    headline = f", personalised accuracy {summary['accuracy']:.2f}%" if "accuracy" in summary else ""
+    log.info(f"run {final.get('run_id')} {final.get('state')}{headline}; run folder (on the server): "
+             f"{final.get('folder')}")
+    return final
