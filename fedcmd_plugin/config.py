@@ -57,7 +57,8 @@ NON_NEGATIVE = {"client.finetune_epoch", "client.optimizer.lr", "client.optimize
                 "fedcmd.selection_rounds", "num_threads",
                 "fedureid.size_penalty", "fedureid.memory_momentum", "fedureid.precision_threshold"}  # world_size 0 is EasyFL's "not distributed"
 FRACTIONS = {"data.train_test_split", "server.join_ratio"}  # in (0, 1]
-UNIT_INTERVAL = {"client.straggler_ratio", "fedureid.ema_beta", "fedureid.merge_percent"}  # in [0, 1]
+UNIT_INTERVAL = {"client.straggler_ratio", "fedureid.ema_beta", "fedureid.merge_percent",
+                 "fedureid.precision_saturation"}  # in [0, 1]
 
 
 def easyfl_defaults_file():

@@ -48,6 +48,7 @@ class FederatedServer(BaseServer):
         self.fleet = self.make_fleet(clients)
         self.client_order = self.fleet.client_ids()
         self.last_evaluation = None
+        self.selected_clients, self.stragglers = [], {}
         self.recorder.start(self.describe_run())
 
     def make_fleet(self, clients):

@@ -62,7 +62,7 @@ class FedUReIDClient(FederatedClient):
         for _ in epoch_bar(planned, f"{self.cid} train"):
             if s["personalized_epoch"] and epochs_run >= personalization.adaptive_epochs(
                     planned, len(self.images), s["reference_images"] or len(self.images), history,
-                    patience=s["patience"], threshold=s["precision_threshold"]):
+                    patience=s["patience"], threshold=s["precision_threshold"], saturation=s["saturation"]):
                 break
             self.model.train()
             correct, seen = 0, 0

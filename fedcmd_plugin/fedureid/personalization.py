@@ -15,8 +15,8 @@ Personalized epoch: local epochs follow the edge's data volume and its training 
 
 i.e. every edge processes about ``base_epochs * reference_images`` images per round (reference_images is e.g.
 the median edge size), so the largest edges, which make a synchronous round wait, do fewer passes over their
-data; and training stops before `planned` once the pseudo-label training precision has saturated: it rose by
-less than `threshold` over the last `patience` epochs.
+data; and training stops before `planned` once the pseudo-label training precision has saturated: it reached
+`saturation`, or it rose by less than `threshold` over the last `patience` epochs.
 """
 import math
 
@@ -49,7 +49,7 @@ def merge_amount(num_images, current_clusters, target_clusters=None, remaining_s
 
 
 def adaptive_epochs(base_epochs, num_images, reference_images, precision_history=(), patience=2, threshold=0.01,
-                    min_epochs=1, max_epochs=None):
+                    min_epochs=1, max_epochs=None, saturation=1.0):
     """Epochs this edge runs in the current round, given the precisions of the epochs it has run so far.
 
     Call before each epoch with the round's precision history (one value per finished epoch, in [0, 1]); train
@@ -69,6 +69,8 @@ def adaptive_epochs(base_epochs, num_images, reference_images, precision_history
         planned = min(planned, max_epochs)
     history = list(precision_history)
     done = len(history)
+    if done >= min_epochs and history and history[-1] >= saturation:
+        return done  # the edge already fits its pseudo labels: more passes only cost images
     if done >= max(min_epochs, patience + 1) and history[-1] - history[-1 - patience] < threshold:
         return done
     return planned

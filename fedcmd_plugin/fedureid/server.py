@@ -39,7 +39,7 @@ class FedUReIDServer(FederatedServer):
             "merge_percent": f.merge_percent, "size_penalty": f.size_penalty, "target_clusters": f.target_clusters,
             "remaining_steps": self.conf.server.rounds - self._current_round, "temperature": f.temperature,
             "momentum": f.memory_momentum, "reference_images": self.reference_images, "patience": f.patience,
-            "precision_threshold": f.precision_threshold}}
+            "precision_threshold": f.precision_threshold, "saturation": f.precision_saturation}}
 
     def dispatch_for(self, cid):
         state = self.edge_states.get(cid) or dict(self._model.state_dict())
@@ -48,6 +48,9 @@ class FedUReIDServer(FederatedServer):
     def aggregate(self, uploads):
         f = self.conf.fedureid
         self.images_total += sum(int(u.meta.get("images", 0)) for u in uploads)
+        self.recorder.log_round(self._current_round, {
+            key: float(np.mean([u.meta[key] for u in uploads])) for key in ("epochs", "train_precision", "clusters")
+            if all(key in u.meta for u in uploads)})
         if not f.federated:
             for u in uploads:
                 self.edge_states[u.cid] = u.state

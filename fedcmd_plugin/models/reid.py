@@ -16,6 +16,9 @@ from fedcmd_plugin.errors import ConfigError
 BACKBONES = ("small", "resnet18", "resnet50")
 AGGREGATED_PREFIXES = ("backbone.", "embedding.")
 SMALL_WIDTHS = (16, 32, 64, 128)
+# Horizontal stripes pooled separately (head/torso/legs...): one global average would mix the colours of the
+# upper and lower body, which tell pedestrians apart.
+STRIPES = 4
 RESNET_STAGES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
 
 
@@ -41,12 +44,12 @@ class ReidNet(nn.Module):
         self.backbone, channels = _small_cnn() if backbone == "small" else _resnet(backbone)
         if pretrained_path is not None:
             _load_backbone(self.backbone, pretrained_path)
-        self.embedding = nn.Sequential(nn.Linear(channels, embedding_dim), nn.BatchNorm1d(embedding_dim))
+        self.embedding = nn.Sequential(nn.Linear(channels * STRIPES, embedding_dim), nn.BatchNorm1d(embedding_dim))
         self.out_dim = embedding_dim
 
     def forward(self, images):
         """[B, 3, H, W] float images -> [B, embedding_dim] L2-normalised features."""
-        pooled = F.adaptive_avg_pool2d(self.backbone(images), 1).flatten(1)
+        pooled = F.adaptive_avg_pool2d(self.backbone(images), (STRIPES, 1)).flatten(1)
         return F.normalize(self.embedding(pooled), dim=1)
 
     def aggregated_keys(self):
