@@ -8,15 +8,10 @@ split); seconds per round is the median of the per-round training times (evaluat
     python benchmarks/fedcmd_table.py                  # digits + Fashion-MNIST, full setting
 """
 import argparse
-import json
-import os
-import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, machine, run_config, write_json
 METHODS = ["local", "fedavg", "fedper", "fedrep", "fedbn", "lg_fedavg", "fedbabu", "pfedsim", "fedcmd",
            "fedcmd_fixed", "fedcmd_noweight"]
 PAPER_FMNIST = {"fedcmd": 96.57, "pfedsim": 96.17, "fedper": 95.71, "local": 95.53, "fedrep": 95.50,
@@ -35,18 +30,11 @@ def parse_args():
 
 
 def run_one(config, overrides):
-    from fedcmd_plugin.cli import run_experiment
-    from fedcmd_plugin.config import load_config
-
-    conf = load_config(config, overrides)
-    started = time.time()
-    summary = run_experiment(conf)["summary"]
-    rows = json.loads((Path(summary["folder"]) / "metrics.json").read_text())
-    seconds = [r["round_seconds"] for r in rows if "round_seconds" in r]
-    return {"accuracy": round(summary["final"]["accuracy"], 2), "accuracy_mean": round(summary["final"]["accuracy_mean"], 2),
-            "seconds_per_round": round(statistics.median(seconds), 3), "rounds": conf.server.rounds,
-            "wall_seconds": round(time.time() - started, 1), "personal_block": summary.get("personal_block"),
-            "folder": summary["folder"]}
+    summary, _, per_round, wall = run_config(config, overrides)
+    final = summary["final"]
+    return {"accuracy": round(final["accuracy"], 2), "accuracy_mean": round(final["accuracy_mean"], 2),
+            "seconds_per_round": round(per_round, 3), "rounds": summary["rounds"], "wall_seconds": round(wall, 1),
+            "personal_block": summary.get("personal_block"), "folder": summary["folder"]}
 
 
 def table(results, datasets, methods):
@@ -87,11 +75,9 @@ def main():
             results.setdefault(dataset, {})[method] = run_one(config, overrides)
             print(f"{dataset:<8} {method:<16} {results[dataset][method]['accuracy']:6.2f}%  "
                   f"{results[dataset][method]['seconds_per_round']:.3f} s/round", flush=True)
-            output.parent.mkdir(parents=True, exist_ok=True)
-            output.write_text(json.dumps(results, indent=2) + "\n")
-    meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-            "command": " ".join(sys.argv), "paper_fmnist": PAPER_FMNIST}
-    output.with_name(output.stem + "_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+            write_json(output, results)
+    write_json(output.with_name(output.stem + "_meta.json"),
+               {**machine(), "command": " ".join(sys.argv), "paper_fmnist": PAPER_FMNIST})
     print()
     print(table(results, datasets, args.methods))
     print(f"\nwritten: {output}")

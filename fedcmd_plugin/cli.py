@@ -128,6 +128,18 @@ def command_list(args):
     return 0
 
 
+def command_reid_generate(args):
+    from fedcmd_plugin.data.reid import generate_synthetic
+
+    paths = generate_synthetic(args.root, edges=args.edges, identities=args.identities,
+                               test_identities=args.test_identities, cameras=args.cameras,
+                               images_per_camera=args.images_per_camera, image_size=(args.height, args.width),
+                               seed=args.seed, overwrite=args.overwrite)
+    for path in paths:
+        print(path)
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="fedcmd-plugin", description="FedCMD and FedUReID as EasyFL plugins.",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -141,6 +153,19 @@ def build_parser():
     show = commands.add_parser("show-config", help="print the fully resolved config")
     show.add_argument("items", nargs="+", metavar="CONFIG.yaml | key.sub=value")
     show.set_defaults(handler=command_show_config)
+    generate = commands.add_parser("reid-generate", help="write synthetic multi-camera pedestrian edges "
+                                   "(Market-1501 layout, one folder per edge)")
+    generate.add_argument("root", help="folder that receives edge_0, edge_1, ...")
+    generate.add_argument("--edges", type=int, default=4)
+    generate.add_argument("--identities", type=int, default=30, help="training identities per edge")
+    generate.add_argument("--test-identities", type=int, default=20, help="query/gallery identities per edge")
+    generate.add_argument("--cameras", type=int, default=4)
+    generate.add_argument("--images-per-camera", type=int, default=4)
+    generate.add_argument("--height", type=int, default=64)
+    generate.add_argument("--width", type=int, default=32)
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--overwrite", action="store_true", help="replace edges written with other settings")
+    generate.set_defaults(handler=command_reid_generate)
     listing = commands.add_parser("list", help="list algorithms, data sets and models")
     listing.set_defaults(handler=command_list)
     from fedcmd_plugin.remote.cli import add_commands as add_remote_commands
