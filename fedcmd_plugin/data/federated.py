@@ -20,7 +20,7 @@ from fedcmd_plugin.data.partition import label_histograms, make_partition
 from fedcmd_plugin.data.sources import load_images
 from fedcmd_plugin.errors import DataError
 
-PARTITION_FORMAT = 1  # bump when the partition algorithm changes so old caches are not reused
+PARTITION_FORMAT = 2  # bump when the partition algorithm changes so old caches are not reused
 
 
 @dataclass

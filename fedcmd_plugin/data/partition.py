@@ -41,9 +41,10 @@ def partition_classes(labels, num_clients, class_per_client, rng):
     classes = np.unique(labels)
     if class_per_client > len(classes):
         raise ConfigError(f"data.class_per_client={class_per_client} exceeds the {len(classes)} classes of the data")
-    # Deal classes round-robin over a shuffled class order so every class has holders when possible.
-    deck = np.concatenate([rng.permutation(classes) for _ in range(-(-num_clients * class_per_client // len(classes)))])
-    owned = [deck[i * class_per_client:(i + 1) * class_per_client] for i in range(num_clients)]
+    # Consecutive windows of k classes over one shuffled class order (wrapping around): k distinct classes per
+    # client, and every class has holders when num_clients * k >= the number of classes.
+    order = rng.permutation(classes)
+    owned = [order[(i * class_per_client + np.arange(class_per_client)) % len(classes)] for i in range(num_clients)]
     holders = {c: [i for i in range(num_clients) if c in owned[i]] for c in classes}
     parts = [[] for _ in range(num_clients)]
     for c in classes:

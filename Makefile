@@ -1,0 +1,61 @@
+# Developer and CI entry points. Everything runs in ./.venv, where the project is installed non-editably, so the
+# tests exercise the installed package (including the protobuf start-up hook, see README "protobuf").
+#
+#   make install    create .venv, install torch (pinned, once) and then the project with its test extras
+#   make test       the fast test suite (what CI runs)
+#   make test-all   every test, including those marked slow
+#   make run        the main experiment
+#   make bench      the round-overhead benchmark (quick mode)
+#   make clean      remove build output, caches, EasyFL's logs/ and cached partitions (keeps runs/ and .venv;
+#                   `make distclean` also removes .venv)
+
+PYTHON ?= python3
+VENV ?= .venv
+VPY := $(VENV)/bin/python
+PIP := $(VPY) -m pip
+TORCH_VERSION := 2.14.1
+TORCHVISION_VERSION := 0.29.1
+# -P: the current folder is not put on sys.path, so `import fedcmd_plugin` is the installed copy, not ./fedcmd_plugin
+PYTEST := $(VPY) -P -m pytest
+PYTEST_ARGS ?=
+RUN_CONFIGS ?= configs/fedcmd_digits.yaml configs/fedavg_digits.yaml
+
+.PHONY: install venv torch test test-all run bench clean distclean
+
+install: torch
+	rm -rf build *.egg-info
+	$(PIP) install '.[test]'
+	rm -rf build *.egg-info
+
+venv:
+	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+
+# torch is installed before the project so that pip takes the pinned builds and never re-resolves them;
+# nothing is reinstalled when the pinned versions are already there.
+torch: venv
+	@if $(VPY) -c "import sys; from importlib.metadata import version as v; \
+	    sys.exit(not (v('torch').split('+')[0] == '$(TORCH_VERSION)' and \
+	                  v('torchvision').split('+')[0] == '$(TORCHVISION_VERSION)'))" 2>/dev/null; then \
+	  echo "torch $(TORCH_VERSION) and torchvision $(TORCHVISION_VERSION) already installed"; \
+	else \
+	  $(PIP) install torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION); \
+	fi
+
+test:
+	$(PYTEST) -q $(PYTEST_ARGS)
+
+test-all:
+	$(PYTEST) -q -m "slow or not slow" $(PYTEST_ARGS)
+
+run:
+	$(VPY) -m fedcmd_plugin run $(RUN_CONFIGS)
+
+bench:
+	$(VPY) benchmarks/round_overhead.py --quick
+
+clean:
+	rm -rf build dist *.egg-info logs data/partitions .pytest_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

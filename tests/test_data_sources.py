@@ -1,0 +1,171 @@
+"""Local data readers: the embedded digits, Fashion-MNIST's IDX files, and CIFAR-10 in torchvision's layout."""
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedcmd_plugin import DataError
+from fedcmd_plugin.data.sources import FMNIST_DIR, IDX_FILES, load_cifar10, load_digits, load_fmnist, load_images, \
+    read_idx
+
+
+def assert_standardised(images):
+    """The readers' contract (ImageArrays): every channel z-scored over the pooled samples."""
+    for c in range(images.shape[1]):
+        channel = images[:, c].astype(np.float64)
+        assert abs(channel.mean()) < 1e-3 and abs(channel.std() - 1) < 1e-3, (c, channel.mean(), channel.std())
+
+
+def assert_affine_per_channel(images, raw):
+    """images[:, c] = a_c * raw[:, c] + b_c with a_c > 0: pixels kept in place and order, only rescaled."""
+    raw = np.asarray(raw, dtype=np.float64).reshape(images.shape)
+    for c in range(images.shape[1]):
+        x, y = raw[:, c].ravel(), images[:, c].astype(np.float64).ravel()
+        a, b = np.polyfit(x, y, 1)
+        assert a > 0
+        np.testing.assert_allclose(y, a * x + b, atol=1e-4 * max(1.0, np.abs(y).max()))
+
+
+def test_digits_shape_and_range():
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    data = load_digits()
+    assert data.images.shape == (1797, 1, 8, 8)
+    assert data.images.dtype == np.float32 and data.labels.dtype == np.int64
+    assert np.isfinite(data.images).all()
+    assert_standardised(data.images)
+    assert_affine_per_channel(data.images, sklearn_digits().images)
+    assert data.num_classes == 10 and data.shape == (1, 8, 8)
+    assert set(np.unique(data.labels)) == set(range(10))
+    assert data.images.flags["C_CONTIGUOUS"]
+
+
+def test_load_images_dispatches_by_name():
+    assert load_images("digits").images.shape[0] == 1797
+    with pytest.raises(DataError, match="nosuchdata"):
+        load_images("nosuchdata")
+
+
+# ----------------------------------------------------------------------------------------------- IDX files
+
+
+def idx_bytes(array):
+    array = np.asarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.tobytes()
+
+
+def write_idx(path, array, compress=True):
+    data = idx_bytes(array)
+    path.write_bytes(gzip.compress(data) if compress else data)
+    return path
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_read_idx_round_trip(tmp_path, compress):
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    file = write_idx(tmp_path / ("x.idx.gz" if compress else "x.idx"), images, compress)
+    np.testing.assert_array_equal(read_idx(file), images)
+
+
+@pytest.mark.parametrize("damage", ["truncated_payload", "truncated_gzip", "not_gzip", "wrong_magic", "empty"])
+def test_read_idx_rejects_corrupt_files_naming_them(tmp_path, damage):
+    images = np.random.default_rng(0).integers(0, 256, (20, 28, 28), dtype=np.uint8)
+    good = idx_bytes(images)
+    file = tmp_path / f"{damage}-images-idx3-ubyte.gz"
+    content = {
+        "truncated_payload": gzip.compress(good[:-100]),  # header promises more pixels than follow
+        "truncated_gzip": gzip.compress(good)[:200],  # the gzip stream itself ends early
+        "not_gzip": b"this is no gzip file at all",
+        "wrong_magic": gzip.compress(b"\x00\x00\x0d\x03" + good[4:]),  # float data, not unsigned bytes
+        "empty": b"",
+    }[damage]
+    file.write_bytes(content)
+    with pytest.raises(DataError) as caught:
+        read_idx(file)
+    assert file.name in str(caught.value)
+
+
+def test_missing_fmnist_folder_names_the_debian_package(tmp_path):
+    with pytest.raises(DataError) as caught:
+        load_fmnist(str(tmp_path / "nowhere"))
+    message = str(caught.value)
+    assert "dataset-fashion-mnist" in message and "nowhere" in message
+
+
+def test_fmnist_folder_missing_a_file_names_it(tmp_path):
+    write_idx(tmp_path / IDX_FILES["train_images"], np.zeros((2, 28, 28)))
+    with pytest.raises(DataError) as caught:
+        load_fmnist(str(tmp_path))
+    assert IDX_FILES["test_labels"] in str(caught.value)
+
+
+def test_fmnist_from_a_small_idx_folder(tmp_path):
+    rng = np.random.default_rng(1)
+    train_x, test_x = rng.integers(0, 256, (6, 28, 28)), rng.integers(0, 256, (4, 28, 28))
+    train_y, test_y = np.array([0, 1, 2, 3, 4, 5]), np.array([9, 8, 7, 6])
+    for key, array in [("train_images", train_x), ("test_images", test_x), ("train_labels", train_y),
+                       ("test_labels", test_y)]:
+        write_idx(tmp_path / IDX_FILES[key], array)
+    data = load_fmnist(str(tmp_path))
+    assert data.images.shape == (10, 1, 28, 28)
+    np.testing.assert_array_equal(data.labels, np.concatenate([train_y, test_y]))  # pooled: train then test
+    assert_affine_per_channel(data.images, np.concatenate([train_x, test_x]))  # train images first, then test
+
+
+@pytest.mark.skipif(not Path(FMNIST_DIR).is_dir(),
+                    reason=f"Fashion-MNIST is not installed in {FMNIST_DIR} (apt-get install dataset-fashion-mnist)")
+def test_real_fmnist_from_the_debian_package():
+    data = load_fmnist()
+    assert data.images.shape == (70000, 1, 28, 28)
+    assert data.images.dtype == np.float32
+    assert abs(float(data.images.mean())) < 1e-3 and abs(float(data.images.std()) - 1) < 1e-2  # standardised
+    assert data.num_classes == 10
+    np.testing.assert_array_equal(np.bincount(data.labels), [7000] * 10)
+
+
+# ----------------------------------------------------------------------------------------------- CIFAR-10
+
+
+def write_fake_cifar10(root, per_batch=4):
+    """torchvision's extracted layout: root/cifar-10-batches-py/{data_batch_1..5,test_batch} pickles."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    expected_rows, expected_labels = [], []
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        rows = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, per_batch).tolist()
+        with open(folder / name, "wb") as handle:
+            pickle.dump({b"data": rows, b"labels": labels, b"batch_label": name.encode()}, handle)
+        expected_rows.append(rows)
+        expected_labels.extend(labels)
+    return folder, np.concatenate(expected_rows), np.array(expected_labels)
+
+
+@pytest.mark.parametrize("give", ["parent", "folder"])
+def test_cifar10_from_torchvision_layout(tmp_path, give):
+    folder, rows, labels = write_fake_cifar10(tmp_path)
+    data = load_cifar10(str(tmp_path if give == "parent" else folder))
+    assert data.images.shape == (24, 3, 32, 32) and data.num_classes == 10
+    np.testing.assert_array_equal(data.labels, labels)
+    # a row is 1024 red, 1024 green, then 1024 blue values, each row-major over 32 x 32 pixels
+    assert_affine_per_channel(data.images, rows.reshape(-1, 3, 32, 32))
+    assert_standardised(data.images)
+
+
+def test_cifar10_missing_folder_says_where_to_put_it(tmp_path):
+    with pytest.raises(DataError, match="cifar-10"):
+        load_cifar10(str(tmp_path))
+    with pytest.raises(DataError, match="data.path"):
+        load_cifar10(None)
+
+
+def test_cifar10_unreadable_batch_names_the_file(tmp_path):
+    folder, _, _ = write_fake_cifar10(tmp_path)
+    (folder / "data_batch_3").write_bytes(b"\x80\x04junk")
+    with pytest.raises(DataError, match="data_batch_3"):
+        load_cifar10(str(tmp_path))

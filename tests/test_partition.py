@@ -1,0 +1,197 @@
+"""Federated partitions: coverage, per-client train/test splits, label skew, seeding, and the on-disk cache."""
+import numpy as np
+import pytest
+
+from fedcmd_plugin import ConfigError, load_config
+from fedcmd_plugin.data import federated
+from fedcmd_plugin.data.partition import label_histograms, make_partition
+
+NUM_CLASSES = 10
+
+
+def pooled_labels(per_class=300, num_classes=NUM_CLASSES):
+    """Balanced labels in a shuffled order (so index order says nothing about the class)."""
+    labels = np.repeat(np.arange(num_classes), per_class)
+    return np.random.default_rng(123).permutation(labels)
+
+
+def client_indices(parts):
+    return [np.concatenate([train, test]) for train, test in parts]
+
+
+SPLITS = [
+    ("iid", {}),
+    ("dir", {"alpha": 0.1, "min_size": 10}),
+    ("dir", {"alpha": 1.0, "min_size": 10}),
+    ("class", {"class_per_client": 2}),
+]
+
+
+@pytest.mark.parametrize("split_type,kwargs", SPLITS)
+@pytest.mark.parametrize("num_clients", [7, 20])
+def test_every_sample_assigned_exactly_once(split_type, kwargs, num_clients):
+    labels = pooled_labels()
+    parts = make_partition(labels, split_type, num_clients, seed=3, **kwargs)
+    assert len(parts) == num_clients
+    everything = np.concatenate(client_indices(parts))
+    np.testing.assert_array_equal(np.sort(everything), np.arange(len(labels)))
+    for train, test in parts:
+        assert not np.intersect1d(train, test).size
+
+
+@pytest.mark.parametrize("split_type,kwargs", SPLITS)
+def test_each_client_split_half_train_half_test(split_type, kwargs):
+    parts = make_partition(pooled_labels(), split_type, 12, seed=1, **kwargs)
+    for train, test in parts:
+        total = len(train) + len(test)
+        assert total >= 2
+        assert abs(len(train) - len(test)) <= 1, (len(train), len(test))
+
+
+@pytest.mark.parametrize("fraction", [0.2, 0.8])
+def test_train_fraction_is_per_client(fraction):
+    parts = make_partition(pooled_labels(), "dir", 10, seed=2, alpha=0.5, train_fraction=fraction)
+    for train, test in parts:
+        total = len(train) + len(test)
+        assert abs(len(train) - fraction * total) <= 1
+        assert len(train) >= 1 and len(test) >= 1
+
+
+def skew(labels, parts):
+    """Mean number of classes a client holds, and the mean share of its most frequent class."""
+    hist = label_histograms(labels, client_indices(parts), NUM_CLASSES)
+    classes = (hist > 0).sum(axis=1).mean()
+    top_share = (hist.max(axis=1) / hist.sum(axis=1)).mean()
+    return classes, top_share
+
+
+def test_label_skew_grows_as_alpha_falls():
+    labels = pooled_labels()
+    alphas = [100.0, 1.0, 0.1]
+    classes, shares = [], []
+    for alpha in alphas:
+        per_seed = [skew(labels, make_partition(labels, "dir", 20, seed=s, alpha=alpha, min_size=5))
+                    for s in range(3)]
+        classes.append(np.mean([c for c, _ in per_seed]))
+        shares.append(np.mean([t for _, t in per_seed]))
+    assert classes[0] > classes[1] > classes[2], classes
+    assert shares[0] < shares[1] < shares[2], shares
+    # Dir(100) is close to IID: nearly every client sees every class, none dominated by one class.
+    assert classes[0] > 9.5 and shares[0] < 0.2
+    # Dir(0.1) is strongly skewed: a handful of classes per client, the top class holds most samples.
+    assert classes[2] < 5 and shares[2] > 0.5
+
+
+def test_iid_clients_hold_every_class_in_similar_amounts():
+    labels = pooled_labels()
+    parts = make_partition(labels, "iid", 10, seed=0)
+    sizes = [len(p) for p in client_indices(parts)]
+    assert max(sizes) - min(sizes) <= 1
+    classes, _ = skew(labels, parts)
+    assert classes == NUM_CLASSES
+
+
+def test_dirichlet_respects_min_size():
+    labels = pooled_labels()
+    parts = make_partition(labels, "dir", 20, seed=4, alpha=0.1, min_size=40)
+    assert min(len(p) for p in client_indices(parts)) >= 40
+
+
+def test_impossible_min_size_is_a_config_error():
+    with pytest.raises(ConfigError, match="min_size"):
+        make_partition(pooled_labels(per_class=5), "dir", 10, seed=0, alpha=0.1, min_size=40)
+
+
+@pytest.mark.parametrize("split_type,kwargs", SPLITS)
+def test_same_seed_same_partition_other_seed_differs(split_type, kwargs):
+    labels = pooled_labels()
+    first = make_partition(labels, split_type, 10, seed=7, **kwargs)
+    again = make_partition(labels, split_type, 10, seed=7, **kwargs)
+    other = make_partition(labels, split_type, 10, seed=8, **kwargs)
+    for (a_train, a_test), (b_train, b_test) in zip(first, again):
+        np.testing.assert_array_equal(a_train, b_train)
+        np.testing.assert_array_equal(a_test, b_test)
+    differs = any(not np.array_equal(a[0], b[0]) for a, b in zip(first, other))
+    assert differs
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+@pytest.mark.parametrize("num_clients", [10, 20])
+def test_class_split_gives_exactly_k_classes(k, num_clients):
+    labels = pooled_labels()
+    for seed in range(5):
+        parts = make_partition(labels, "class", num_clients, seed=seed, class_per_client=k)
+        held = [np.unique(labels[idx]) for idx in client_indices(parts)]
+        assert [len(h) for h in held] == [k] * num_clients
+        # every class is held by someone when clients x k covers the classes
+        assert set(np.concatenate(held)) == set(range(NUM_CLASSES))
+
+
+def test_class_split_rejects_more_classes_than_exist():
+    with pytest.raises(ConfigError, match="class_per_client"):
+        make_partition(pooled_labels(), "class", 5, seed=0, class_per_client=11)
+
+
+def test_more_clients_than_samples_is_a_config_error():
+    with pytest.raises(ConfigError, match="num_of_clients"):
+        make_partition(np.arange(5) % 2, "iid", 6, seed=0)
+
+
+# ----------------------------------------------------------------------------------------------- cache
+
+
+@pytest.fixture
+def cache_conf(tmp_path):
+    return load_config(None, [f"data.root={tmp_path / 'data'}", "data.num_of_clients=8", "data.alpha=0.5",
+                              "data.min_size=5"])
+
+
+def cache_files(conf):
+    folder = federated.Path(conf.data.root) / "partitions"
+    return sorted(folder.glob("*.npz")) if folder.is_dir() else []
+
+
+def assert_same_parts(a, b):
+    assert len(a) == len(b)
+    for (a_train, a_test), (b_train, b_test) in zip(a, b):
+        np.testing.assert_array_equal(a_train, b_train)
+        np.testing.assert_array_equal(a_test, b_test)
+
+
+def test_cache_round_trip_returns_the_same_partition(cache_conf, monkeypatch):
+    labels = pooled_labels(per_class=40)
+    first = federated.cached_partition(cache_conf, labels)
+    assert len(cache_files(cache_conf)) == 1
+
+    def no_recompute(*args, **kwargs):
+        raise AssertionError("the cached partition should have been read, not recomputed")
+
+    monkeypatch.setattr(federated, "make_partition", no_recompute)
+    assert_same_parts(first, federated.cached_partition(cache_conf, labels))
+
+
+def test_cache_key_follows_the_config(cache_conf):
+    labels = pooled_labels(per_class=40)
+    federated.cached_partition(cache_conf, labels)
+    cache_conf.seed = 1
+    federated.cached_partition(cache_conf, labels)
+    assert len(cache_files(cache_conf)) == 2
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+def test_corrupt_cache_file_is_recomputed(cache_conf, damage):
+    labels = pooled_labels(per_class=40)
+    first = federated.cached_partition(cache_conf, labels)
+    (file,) = cache_files(cache_conf)
+    raw = file.read_bytes()
+    file.write_bytes({"garbage": b"not a partition" * 10, "truncated": raw[:len(raw) // 2], "empty": b""}[damage])
+    assert_same_parts(first, federated.cached_partition(cache_conf, labels))
+    # ... and the cache is rewritten whole
+    with np.load(file) as saved:
+        assert int(saved["clients"]) == len(first)
+
+
+def test_cache_off_writes_nothing(cache_conf):
+    cache_conf.data.cache = False
+    federated.cached_partition(cache_conf, pooled_labels(per_class=40))
+    assert cache_files(cache_conf) == []
