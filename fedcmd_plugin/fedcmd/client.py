@@ -10,6 +10,10 @@ from fedcmd_plugin.personalized.client import PersonalizedClient
 
 
 class FedCMDClient(PersonalizedClient):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scoring = False  # only local training in the selection phase scores blocks (not fine-tuning)
+
     def pre_train(self):
         self.choices, self.score_sum, self.scored = [], None, 0
         meta = self.dispatch.meta
@@ -33,4 +37,5 @@ class FedCMDClient(PersonalizedClient):
         if self.choices:
             upload.meta["vote"] = selection.round_vote(self.choices)
             upload.meta["scores"] = np.asarray(self.score_sum / self.scored, dtype=float).tolist()
+        self.scoring = False
         return upload

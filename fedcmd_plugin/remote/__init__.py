@@ -7,8 +7,9 @@ Roles (each is `fedcmd-plugin remote <role> CONFIG.yaml [key=value ...]`, all wi
   starts the run in a background thread; it *returns at once* with the run id (EasyFL's behaviour). The run
   is the same `FederatedServer` as in standalone mode, with `is_remote=True`, so its fleet is a
   `RemoteFleet` and it writes the same run folder.
-* **client** (`client.py`): EasyFL's ClientService. `Operate` decodes the round's `Dispatch`, starts the
-  work in a thread and returns at once; the result goes back through the server's `Upload`.
+* **client** (`client.py`): EasyFL's ClientService hosting one client of the partition (`--index i`) or
+  several (`--index 0-49`). `Operate` decodes the round's `Dispatch`, queues the work for the service's
+  worker thread and returns at once; the result goes back through the server's `Upload`.
 * **trigger** (`trigger.py`): sends `RunRequest` with the clients of `remote.client_addresses` and blocks,
   polling the status method, until the run is complete (exit 0) or failed / timed out (non-zero).
 

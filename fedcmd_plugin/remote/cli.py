@@ -9,12 +9,12 @@ import socket
 
 from fedcmd_plugin.errors import ConfigError
 
-EPILOG = """examples (one machine):
-  fedcmd-plugin remote server  configs/fedavg_digits.yaml remote.server_port=22999
-  fedcmd-plugin remote client  configs/fedavg_digits.yaml --index 0 remote.client_port=23000
-  fedcmd-plugin remote client  configs/fedavg_digits.yaml --index 1 remote.client_port=23001
-  fedcmd-plugin remote trigger configs/fedavg_digits.yaml \\
-      remote.client_addresses=[localhost:23000,localhost:23001]
+EPILOG = """examples (one machine, configs/remote_digits.yaml names the loopback addresses):
+  fedcmd-plugin remote server  configs/remote_digits.yaml
+  fedcmd-plugin remote client  configs/remote_digits.yaml --index 0 remote.client_port=23000
+  fedcmd-plugin remote client  configs/remote_digits.yaml --index 1 remote.client_port=23001
+  fedcmd-plugin remote trigger configs/remote_digits.yaml
+  fedcmd-plugin remote client  configs/fedavg_fmnist.yaml --index 0-49    (one service, 50 clients)
 """
 ITEMS_HELP = "one YAML config, then key.sub=value overrides"
 
