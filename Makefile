@@ -18,7 +18,8 @@ TORCHVISION_VERSION := 0.29.1
 # -P: the current folder is not put on sys.path, so `import fedcmd_plugin` is the installed copy, not ./fedcmd_plugin
 PYTEST := $(VPY) -P -m pytest
 PYTEST_ARGS ?=
-RUN_CONFIGS ?= configs/fedcmd_digits.yaml configs/fedavg_digits.yaml
+RUN_CONFIGS ?= configs/fedcmd_digits.yaml configs/fedavg_digits.yaml configs/fedureid_synthetic.yaml
+STAMP := $(VENV)/.installed
 
 .PHONY: install venv torch test test-all run bench clean distclean
 
@@ -26,6 +27,11 @@ install: torch
 	rm -rf build *.egg-info
 	$(PIP) install '.[test]'
 	rm -rf build *.egg-info
+	@touch $(STAMP)
+
+# `make run` and `make test` install first on a fresh machine (and again when the project's files change).
+$(STAMP): setup.py $(shell find fedcmd_plugin -name '*.py' -o -name '*.yaml' 2>/dev/null) fedcmd_plugin_protobuf.pth
+	$(MAKE) install
 
 venv:
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
@@ -41,16 +47,16 @@ torch: venv
 	  $(PIP) install torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION); \
 	fi
 
-test:
+test: $(STAMP)
 	$(PYTEST) -q $(PYTEST_ARGS)
 
-test-all:
+test-all: $(STAMP)
 	$(PYTEST) -q -m "slow or not slow" $(PYTEST_ARGS)
 
-run:
+run: $(STAMP)
 	$(VPY) -m fedcmd_plugin run $(RUN_CONFIGS)
 
-bench:
+bench: $(STAMP)
 	$(VPY) benchmarks/round_overhead.py --quick
 
 clean:
