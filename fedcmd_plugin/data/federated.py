@@ -46,15 +46,12 @@ def client_ids(count):
     return [f"c{i:03d}" for i in range(count)]
 
 
-class ClientTensors(FederatedDataset):
-    """Per-client tensors behind EasyFL's FederatedDataset interface."""
+class ClientDataset(FederatedDataset):
+    """EasyFL's FederatedDataset over named clients; subclasses say how big each client's data is."""
 
-    def __init__(self, images, labels, parts, ids):
+    def __init__(self, ids):
         super().__init__()
         self._ids = list(ids)
-        self._x = {cid: torch.from_numpy(images[p]) for cid, p in zip(self._ids, parts)}
-        self._y = {cid: torch.from_numpy(labels[p]) for cid, p in zip(self._ids, parts)}
-        self._on_device = {}
 
     @property
     def users(self):
@@ -65,12 +62,26 @@ class ClientTensors(FederatedDataset):
         self._ids = list(value)
 
     def size(self, cid=None):
-        if cid is None:
-            return self.total_size()
-        return len(self._y[cid])
+        return self.total_size() if cid is None else self.client_size(cid)
 
     def total_size(self):
-        return sum(len(y) for y in self._y.values())
+        return sum(self.client_size(cid) for cid in self._ids)
+
+    def client_size(self, cid):
+        raise NotImplementedError
+
+
+class ClientTensors(ClientDataset):
+    """Per-client tensors behind EasyFL's FederatedDataset interface."""
+
+    def __init__(self, images, labels, parts, ids):
+        super().__init__(ids)
+        self._x = {cid: torch.from_numpy(images[p]) for cid, p in zip(self._ids, parts)}
+        self._y = {cid: torch.from_numpy(labels[p]) for cid, p in zip(self._ids, parts)}
+        self._on_device = {}
+
+    def client_size(self, cid):
+        return len(self._y[cid])
 
     def tensors(self, cid, device="cpu"):
         """The client's (x, y), moved to `device` once and kept there."""

@@ -8,9 +8,8 @@ data.dataset: synthetic_reid (generated offline into data.path or data.root/synt
 from pathlib import Path
 
 import torch
-from easyfl.datasets import FederatedDataset
 
-from fedcmd_plugin.data.federated import DataInfo, FederatedData, client_ids, register_data
+from fedcmd_plugin.data.federated import ClientDataset, DataInfo, FederatedData, client_ids, register_data
 from fedcmd_plugin.data.reid import EasyFLReidLayout, Market1501Layout, generate_synthetic, load_images
 from fedcmd_plugin.errors import DataError
 from fedcmd_plugin.session import logger
@@ -42,29 +41,15 @@ class EdgeImages:
             yield index, self.batch(index, device)
 
 
-class ReidEdges(FederatedDataset):
+class ReidEdges(ClientDataset):
     """EasyFL's dataset interface over the edges' splits ("train", or "query" + "gallery" for testing)."""
 
     def __init__(self, ids, splits):
-        super().__init__()
-        self._ids = list(ids)
+        super().__init__(ids)
         self.splits = dict(zip(self._ids, splits))  # cid -> {"train": EdgeImages} or {"query":..., "gallery":...}
 
-    @property
-    def users(self):
-        return self._ids
-
-    @users.setter
-    def users(self, value):
-        self._ids = list(value)
-
-    def size(self, cid=None):
-        if cid is None:
-            return self.total_size()
+    def client_size(self, cid):
         return sum(len(part) for part in self.splits[cid].values())
-
-    def total_size(self):
-        return sum(self.size(cid) for cid in self._ids)
 
     def part(self, cid, name):
         return self.splits[cid][name]

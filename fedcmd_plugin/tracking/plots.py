@@ -1,13 +1,27 @@
 """PNG plots of a run (matplotlib, headless)."""
+from contextlib import contextmanager
 
 
-def pyplot():
+@contextmanager
+def figure(path, title, xlabel=None, ylabel=None, size=(6, 4)):
+    """Axes to draw on; on exit the figure is titled, labelled and saved to `path` (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt
+    fig, ax = plt.subplots(figsize=size)
+    try:
+        yield fig, ax
+        ax.set_title(title)
+        if xlabel:
+            ax.set_xlabel(xlabel)
+        if ylabel:
+            ax.set_ylabel(ylabel)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def accuracy_per_round(rows, path, title):
@@ -15,21 +29,14 @@ def accuracy_per_round(rows, path, title):
     rows = [r for r in rows if "accuracy" in r]
     if not rows:
         return None
-    plt = pyplot()
     rounds = [r["round"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(rounds, [r["accuracy"] for r in rows], marker="o", label="personalised (sample-weighted)")
-    ax.plot(rounds, [r["accuracy_mean"] for r in rows], linestyle="--", label="mean over clients")
-    ax.fill_between(rounds, [r["accuracy_min"] for r in rows], [r["accuracy_max"] for r in rows], alpha=0.15,
-                    label="client min-max")
-    ax.set_xlabel("round")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, title, "round", "accuracy (%)") as (_, ax):
+        ax.plot(rounds, [r["accuracy"] for r in rows], marker="o", label="personalised (sample-weighted)")
+        ax.plot(rounds, [r["accuracy_mean"] for r in rows], linestyle="--", label="mean over clients")
+        ax.fill_between(rounds, [r["accuracy_min"] for r in rows], [r["accuracy_max"] for r in rows], alpha=0.15,
+                        label="client min-max")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right")
     return path
 
 
@@ -37,59 +44,33 @@ def client_distribution(accuracies, path, title):
     """Histogram of the final per-client accuracies."""
     if not accuracies:
         return None
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.hist(accuracies, bins=min(20, max(5, len(accuracies) // 2)), range=(0, 100), edgecolor="black")
-    ax.set_xlabel("client accuracy on its own test split (%)")
-    ax.set_ylabel("clients")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, title, "client accuracy on its own test split (%)", "clients") as (_, ax):
+        ax.hist(accuracies, bins=min(20, max(5, len(accuracies) // 2)), range=(0, 100), edgecolor="black")
     return path
 
 
 def matrix(values, labels, path, title):
     """A heat map (e.g. FedCMD's client similarity matrix)."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 5))
-    image = ax.imshow(values, cmap="viridis", vmin=0)
-    fig.colorbar(image, ax=ax)
-    if len(labels) <= 30:
-        ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
-        ax.set_yticks(range(len(labels)), labels, fontsize=7)
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, title, size=(6, 5)) as (fig, ax):
+        fig.colorbar(ax.imshow(values, cmap="viridis", vmin=0), ax=ax)
+        if len(labels) <= 30:
+            ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+            ax.set_yticks(range(len(labels)), labels, fontsize=7)
     return path
 
 
 def bars(names, values, path, title, ylabel):
     """A bar chart (e.g. FedCMD's layer votes)."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.bar(names, values)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, title, ylabel=ylabel) as (_, ax):
+        ax.bar(names, values)
     return path
 
 
 def curves(series, path, title, xlabel, ylabel):
     """One line per name: series = {name: (xs, ys)} (e.g. CMC curves per edge, mAP per round)."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, (xs, ys) in series.items():
-        ax.plot(list(xs), list(ys), marker="." if len(xs) < 30 else None, label=str(name))
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, title, xlabel, ylabel) as (_, ax):
+        for name, (xs, ys) in series.items():
+            ax.plot(list(xs), list(ys), marker="." if len(xs) < 30 else None, label=str(name))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     return path
