@@ -21,6 +21,7 @@ class FedUReIDServer(FederatedServer):
         self.edge_states = {}  # cid -> the model the edge gets next round (its own trained one when local-only)
         self.map_history = {}  # cid -> [(round, mAP)]
         self.images_total = 0
+        self.edge_images = {}  # cid -> images processed in local training so far (the compute measure)
         self.reference_images = self.median_edge_size()
 
     def median_edge_size(self):
@@ -47,7 +48,9 @@ class FedUReIDServer(FederatedServer):
 
     def aggregate(self, uploads):
         f = self.conf.fedureid
-        self.images_total += sum(int(u.meta.get("images", 0)) for u in uploads)
+        for u in uploads:
+            self.edge_images[u.cid] = self.edge_images.get(u.cid, 0) + int(u.meta.get("images", 0))
+        self.images_total = sum(self.edge_images.values())
         self.recorder.log_round(self._current_round, {
             key: float(np.mean([u.meta[key] for u in uploads])) for key in ("epochs", "train_precision", "clusters")
             if all(key in u.meta for u in uploads)})
@@ -77,6 +80,7 @@ class FedUReIDServer(FederatedServer):
             self.map_history.setdefault(r["cid"], []).append((self._current_round + 1, r["mAP"]))
             summary[f"mAP/{r['cid']}"] = r["mAP"]
             summary[f"rank1/{r['cid']}"] = r["rank1"]
+            summary[f"images/{r['cid']}"] = self.edge_images.get(r["cid"], 0)
         return summary
 
     def finish(self):
@@ -84,7 +88,8 @@ class FedUReIDServer(FederatedServer):
         if last:
             for r in last["clients"]:
                 self.log.info(f"  edge {r['cid']}: mAP {r['mAP']:.2f}  Rank-1 {r['rank1']:.2f}  Rank-5 {r['rank5']:.2f}"
-                              f"  Rank-10 {r['rank10']:.2f}" + (f"  NMI {r['nmi']:.3f}" if "nmi" in r else ""))
+                              f"  Rank-10 {r['rank10']:.2f}" + (f"  NMI {r['nmi']:.3f}" if "nmi" in r else "")
+                              + f"  images {self.edge_images.get(r['cid'], 0)}")
             self.recorder.notes["images_processed"] = self.images_total
             path = self.recorder.plot_path("cmc")
             if path:
