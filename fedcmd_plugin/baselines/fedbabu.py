@@ -9,9 +9,9 @@ HEAD_PREFIX = "blocks.classifier."
 
 
 class FedBABUServer(FederatedServer):
-    def round_meta(self):
+    def finetune_epochs(self):
         """FedBABU's head is only useful after fine-tuning: at least one epoch before each test."""
-        return {"finetune_epoch": max(1, self.conf.client.finetune_epoch)}
+        return max(1, self.conf.client.finetune_epoch)
 
 
 class FedBABUClient(PersonalizedClient):

@@ -67,7 +67,7 @@ class FederatedClient(BaseClient):
         optimizer = self.make_optimizer(self.model.parameters())
         self.run_epochs(optimizer, self.local_epochs(self.dispatch), "train")
 
-    def run_epochs(self, optimizer, epochs, label, parameters_step=None):
+    def run_epochs(self, optimizer, epochs, label):
         """`epochs` passes over the client's shuffled batches; returns the mean loss of the last epoch."""
         generator = client_generator(self.dispatch.meta, self.cid, label)
         loss_sum, seen = 0.0, 0

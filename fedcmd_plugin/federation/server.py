@@ -95,6 +95,10 @@ class FederatedServer(BaseServer):
         """JSON settings every client receives this round."""
         return {}
 
+    def finetune_epochs(self):
+        """Epochs each client fine-tunes (on a copy) before its personalised test."""
+        return self.conf.client.finetune_epoch
+
     def dispatch_for(self, cid):
         """What client `cid` loads this round: the global model. Personal keys are sent too, as the starting
         values of a client that has none yet; a client's kept state always takes precedence over them."""
@@ -119,7 +123,7 @@ class FederatedServer(BaseServer):
     def base_meta(self, cid):
         conf = self.conf
         return {"round": self._current_round, "seed": conf.seed, "local_epoch": self.epochs_for(cid),
-                "finetune_epoch": conf.client.finetune_epoch, "personal_keys": list(self.personal_keys()),
+                "finetune_epoch": self.finetune_epochs(), "personal_keys": list(self.personal_keys()),
                 **self.round_meta()}
 
     def epochs_for(self, cid):
@@ -203,7 +207,7 @@ class FederatedServer(BaseServer):
 
     def summarise_evaluation(self, results):
         summary = summarise_classification(results)
-        if self.has_global_model and "accuracy" in summary and not self.base_meta("")["finetune_epoch"]:
+        if self.has_global_model and "accuracy" in summary and not self.finetune_epochs():
             summary["global_accuracy"] = summary["accuracy"]  # one model for all: the same weighted accuracy
         return summary
 

@@ -3,8 +3,7 @@ import time
 import traceback
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
+from fedcmd_plugin.config import to_yaml
 from fedcmd_plugin.session import logger
 from fedcmd_plugin.tracking import files, plots
 
@@ -47,8 +46,7 @@ class Recorder:
         name = conf.output.name or f"{conf.algorithm}-{conf.data.dataset}"
         self.folder = unique_folder(conf.output.root, name)
         files.write_json(self.folder / "status.json", {"state": "running", "started": time.ctime()})
-        files.write_text(self.folder / "config.yaml", OmegaConf.to_yaml(conf) if hasattr(OmegaConf, "to_yaml")
-                         else conf.pretty())
+        files.write_text(self.folder / "config.yaml", to_yaml(conf))
         if info.get("partition"):
             files.write_csv(self.folder / "partition.csv", info["partition"])
         if conf.output.tensorboard:
