@@ -169,3 +169,26 @@ def test_cifar10_unreadable_batch_names_the_file(tmp_path):
     (folder / "data_batch_3").write_bytes(b"\x80\x04junk")
     with pytest.raises(DataError, match="data_batch_3"):
         load_cifar10(str(tmp_path))
+
+
+def write_idx_set(folder, images, labels):
+    """The four IDX files of an MNIST-style folder: the same samples as train and as test."""
+    for part in ("train", "test"):
+        write_idx(folder / IDX_FILES[f"{part}_images"], images)
+        write_idx(folder / IDX_FILES[f"{part}_labels"], labels)
+
+
+def test_decoded_arrays_are_cached_and_refreshed_when_the_source_changes(tmp_path):
+    from fedcmd_plugin.data.sources import load_images
+
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    images = np.arange(4 * 28 * 28, dtype=np.uint8).reshape(4, 28, 28)
+    write_idx_set(folder, images, np.array([0, 1, 2, 3], dtype=np.uint8))
+    first = load_images("mnist", folder, tmp_path / "cache")
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+    again = load_images("mnist", folder, tmp_path / "cache")
+    np.testing.assert_array_equal(first.images, again.images)
+    write_idx_set(folder, images[::-1].copy(), np.array([3, 2, 1, 0], dtype=np.uint8))
+    changed = load_images("mnist", folder, tmp_path / "cache")
+    np.testing.assert_array_equal(changed.labels[:4], [3, 2, 1, 0])

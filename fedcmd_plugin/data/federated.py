@@ -167,7 +167,8 @@ def summarise(name, labels, parts, ids, num_classes):
 
 
 def build_image_classification(conf):
-    arrays = load_images(conf.data.dataset, conf.data.path)
+    cache = Path(conf.data.root) / "decoded" if conf.data.cache else None
+    arrays = load_images(conf.data.dataset, conf.data.path, cache)
     parts = cached_partition(conf, arrays.labels)
     ids = client_ids(len(parts))
     empty = [cid for cid, (train, _) in zip(ids, parts) if len(train) == 0]
