@@ -20,10 +20,6 @@ def note_registered(name):
     _registered_algorithm = name
 
 
-def registered_algorithm():
-    return _registered_algorithm
-
-
 def prepared_config():
     """EasyFL's active config, completed with the plugin's keys and resolved for this process (once per config)."""
     global _prepared_id

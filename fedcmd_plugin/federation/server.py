@@ -8,7 +8,6 @@ and `round_meta`; the maths they call lives in `fedcmd_plugin.aggregate`.
 import time
 
 import numpy as np
-import torch
 from easyfl.server import BaseServer
 
 from fedcmd_plugin import aggregate as agg
