@@ -97,6 +97,23 @@ def test_dirichlet_respects_min_size():
     assert min(len(p) for p in client_indices(parts)) >= 40
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_balanced_dirichlet_gives_no_class_to_a_client_past_its_fair_share(seed):
+    """Classes are dealt in label order; a client that held its fair share of the earlier classes gets none of
+    the later ones, and without the cap some such client does."""
+    labels = pooled_labels()
+    fair_share = len(labels) / 20
+
+    def violations(balanced):
+        parts = make_partition(labels, "dir", 20, seed=seed, alpha=0.1, min_size=5, balanced=balanced)
+        counts = label_histograms(labels, client_indices(parts), NUM_CLASSES)
+        held_before = np.cumsum(counts, axis=1) - counts  # samples of the classes dealt before each class
+        return int(((held_before >= fair_share) & (counts > 0)).sum())
+
+    assert violations(balanced=True) == 0
+    assert violations(balanced=False) > 0
+
+
 def test_impossible_min_size_is_a_config_error():
     with pytest.raises(ConfigError, match="min_size"):
         make_partition(pooled_labels(per_class=5), "dir", 10, seed=0, alpha=0.1, min_size=40)
@@ -175,7 +192,9 @@ def test_cache_key_follows_the_config(cache_conf):
     federated.cached_partition(cache_conf, labels)
     cache_conf.seed = 1
     federated.cached_partition(cache_conf, labels)
-    assert len(cache_files(cache_conf)) == 2
+    cache_conf.data.balanced = False
+    federated.cached_partition(cache_conf, labels)
+    assert len(cache_files(cache_conf)) == 3
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])

@@ -20,7 +20,7 @@ from fedcmd_plugin.data.partition import label_histograms, make_partition
 from fedcmd_plugin.data.sources import load_images
 from fedcmd_plugin.errors import DataError
 
-PARTITION_FORMAT = 2  # bump when the partition algorithm changes so old caches are not reused
+PARTITION_FORMAT = 3  # bump when the partition algorithm changes so old caches are not reused
 
 
 @dataclass
@@ -111,7 +111,7 @@ class ClientTensors(ClientDataset):
 
 def partition_key(conf, num_samples):
     d = conf.data
-    fields = [PARTITION_FORMAT, d.dataset, str(d.path), d.split_type, d.num_of_clients, float(d.alpha), d.min_size,
+    fields = [PARTITION_FORMAT, d.dataset, str(d.path), d.split_type, d.num_of_clients, float(d.alpha), d.min_size, d.balanced,
               d.class_per_client, float(d.train_test_split), conf.seed, num_samples]
     return hashlib.sha1(json.dumps(fields).encode()).hexdigest()[:16]
 
@@ -128,7 +128,8 @@ def cached_partition(conf, labels):
         except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
             pass  # an unreadable cache is recomputed and rewritten
     parts = make_partition(labels, d.split_type, d.num_of_clients, conf.seed, alpha=d.alpha, min_size=d.min_size,
-                           class_per_client=d.class_per_client, train_fraction=d.train_test_split)
+                           class_per_client=d.class_per_client, train_fraction=d.train_test_split,
+                           balanced=d.balanced)
     if d.cache:
         save_partition(file, parts)
     return parts

@@ -14,21 +14,29 @@ def partition_iid(labels, num_clients, rng):
     return [np.sort(part) for part in np.array_split(order, num_clients)]
 
 
-def partition_dirichlet(labels, num_clients, alpha, min_size, rng):
+def partition_dirichlet(labels, num_clients, alpha, min_size, rng, balanced=True):
     """Label skew: each class is spread over clients with proportions ~ Dirichlet(alpha).
 
-    Redrawn until every client holds at least `min_size` samples, as is usual for this protocol.
+    `balanced` is the usual protocol's size cap: a client already holding its fair share (len(labels) /
+    num_clients) gets no further classes, so sizes stay comparable and label skew stays strong. Redrawn until
+    every client holds at least `min_size` samples, as is usual for this protocol.
     """
     classes = np.unique(labels)
     by_class = [np.flatnonzero(labels == c) for c in classes]
+    fair_share = len(labels) / num_clients
     for _ in range(MAX_DIRICHLET_DRAWS):
         parts = [[] for _ in range(num_clients)]
+        sizes = np.zeros(num_clients)
         for members in by_class:
             members = rng.permutation(members)
             shares = rng.dirichlet(np.full(num_clients, alpha))
-            cuts = (np.cumsum(shares)[:-1] * len(members)).astype(int)
+            capped = shares * (sizes < fair_share)
+            if balanced and capped.sum() > 0:
+                shares = capped / capped.sum()
+            cuts = np.round(np.cumsum(shares)[:-1] * len(members)).astype(int)  # a zero share gets nothing
             for client, chunk in enumerate(np.split(members, cuts)):
                 parts[client].append(chunk)
+                sizes[client] += len(chunk)
         parts = [np.sort(np.concatenate(p)) for p in parts]
         if min(len(p) for p in parts) >= min_size:
             return parts
@@ -66,7 +74,7 @@ def split_train_test(indices, train_fraction, rng):
 
 
 def make_partition(labels, split_type, num_clients, seed, alpha=0.1, min_size=10, class_per_client=2,
-                   train_fraction=0.5):
+                   train_fraction=0.5, balanced=True):
     """Per-client (train_indices, test_indices) over the pooled samples, seeded by `seed`."""
     labels = np.asarray(labels)
     if num_clients > len(labels):
@@ -75,7 +83,7 @@ def make_partition(labels, split_type, num_clients, seed, alpha=0.1, min_size=10
     if split_type == "iid":
         parts = partition_iid(labels, num_clients, rng)
     elif split_type == "dir":
-        parts = partition_dirichlet(labels, num_clients, alpha, min_size, rng)
+        parts = partition_dirichlet(labels, num_clients, alpha, min_size, rng, balanced)
     elif split_type == "class":
         parts = partition_classes(labels, num_clients, class_per_client, rng)
     else:
