@@ -30,8 +30,8 @@ def partition_dirichlet(labels, num_clients, alpha, min_size, rng, balanced=True
         for members in by_class:
             members = rng.permutation(members)
             shares = rng.dirichlet(np.full(num_clients, alpha))
-            capped = shares * (sizes < fair_share)
-            if balanced and capped.sum() > 0:
+            capped = shares * (sizes < fair_share) if balanced else shares
+            if capped.sum() > 0:
                 shares = capped / capped.sum()
             cuts = np.round(np.cumsum(shares)[:-1] * len(members)).astype(int)  # a zero share gets nothing
             for client, chunk in enumerate(np.split(members, cuts)):
