@@ -6,8 +6,13 @@ split); seconds per round is the median of the per-round training times (evaluat
 
     python benchmarks/fedcmd_table.py --quick          # digits, few rounds (< 3 minutes)
     python benchmarks/fedcmd_table.py                  # digits + Fashion-MNIST, full setting
+    python benchmarks/fedcmd_table.py --datasets fmnist --methods fedper fedcmd --seeds 1 2   # other partitions
+
+With several `--seeds` (each seed draws its own partition and initial model), accuracy is the mean over seeds
+and `accuracy_per_seed` keeps each one.
 """
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -24,6 +29,8 @@ def parse_args():
     parser.add_argument("--datasets", nargs="+", default=None, help="default: digits fmnist (quick: digits)")
     parser.add_argument("--methods", nargs="+", default=METHODS)
     parser.add_argument("--rounds", type=int, default=None, help="rounds per run (default: the configs' own)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="run every method once per seed "
+                        "(default: the configs' own seed)")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "fedcmd_table.json"))
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides applied to every run")
     return parser.parse_args()
@@ -35,6 +42,18 @@ def run_one(config, overrides):
     return {"accuracy": round(final["accuracy"], 2), "accuracy_mean": round(final["accuracy_mean"], 2),
             "seconds_per_round": round(per_round, 3), "rounds": summary["rounds"], "wall_seconds": round(wall, 1),
             "personal_block": summary.get("personal_block"), "folder": summary["folder"]}
+
+
+def run_seeds(config, overrides, seeds):
+    """One run per seed; accuracy and seconds per round are the mean and median over the seeds."""
+    if not seeds:
+        return run_one(config, overrides)
+    runs = [run_one(config, [*overrides, f"seed={seed}"]) for seed in seeds]
+    return {"accuracy": round(statistics.mean(r["accuracy"] for r in runs), 2),
+            "accuracy_per_seed": {str(seed): r["accuracy"] for seed, r in zip(seeds, runs)},
+            "seconds_per_round": round(statistics.median(r["seconds_per_round"] for r in runs), 3),
+            "rounds": runs[0]["rounds"], "wall_seconds": round(sum(r["wall_seconds"] for r in runs), 1),
+            "personal_block": [r["personal_block"] for r in runs], "folder": [r["folder"] for r in runs]}
 
 
 def table(results, datasets, methods):
@@ -72,7 +91,7 @@ def main():
             if not config.is_file():
                 print(f"skip {method} on {dataset}: {config.name} does not exist", file=sys.stderr)
                 continue
-            results.setdefault(dataset, {})[method] = run_one(config, overrides)
+            results.setdefault(dataset, {})[method] = run_seeds(config, overrides, args.seeds)
             print(f"{dataset:<8} {method:<16} {results[dataset][method]['accuracy']:6.2f}%  "
                   f"{results[dataset][method]['seconds_per_round']:.3f} s/round", flush=True)
             write_json(output, results)
