@@ -111,8 +111,8 @@ class ClientTensors(ClientDataset):
 
 def partition_key(conf, num_samples):
     d = conf.data
-    fields = [PARTITION_FORMAT, d.dataset, str(d.path), d.split_type, d.num_of_clients, float(d.alpha), d.min_size, d.balanced,
-              d.class_per_client, float(d.train_test_split), conf.seed, num_samples]
+    fields = [PARTITION_FORMAT, d.dataset, str(d.path), d.split_type, d.num_of_clients, float(d.alpha), d.balanced,
+              d.min_size, d.class_per_client, float(d.train_test_split), conf.seed, num_samples]
     return hashlib.sha1(json.dumps(fields).encode()).hexdigest()[:16]
 
 
