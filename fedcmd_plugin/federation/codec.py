@@ -32,7 +32,8 @@ def encode(tensors, meta=None):
         if tensor.dtype not in NAMES:
             raise CodecError(f"tensor {name!r} has unsupported dtype {tensor.dtype}")
         entries.append([name, NAMES[tensor.dtype], list(tensor.shape)])
-        blobs.append(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        # reshape(-1): a 0-dim tensor (e.g. BatchNorm's num_batches_tracked) cannot be viewed as bytes itself
+        blobs.append(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     header = json.dumps({"meta": meta or {}, "tensors": entries}).encode()
     return b"".join([struct.pack("<Q", len(header)), header, *blobs])
 
