@@ -5,6 +5,8 @@ done in float64 and cast back to each tensor's dtype. Non-floating tensors (e.g.
 ``num_batches_tracked``) get the weighted mean rounded to the nearest integer: a counter stays a plausible
 count that every client contributed to (for bool tensors this is a weighted majority).
 """
+import math
+
 import torch
 
 NORMALISATIONS = ("sum", "softmax")
@@ -96,9 +98,67 @@ def ema(previous, aggregate, beta, keys=None):
     return _combine([previous, aggregate], [beta, 1.0 - beta], keys)[0]
 
 
-def flatten(state, keys):
-    """The floating tensors of `keys` as one 1-D vector (counters are skipped: they are not learned)."""
-    parts = [state[key].reshape(-1) for key in keys if state[key].is_floating_point()]
-    if not parts:
-        return torch.zeros(0)
-    return torch.cat(parts)
+def softmax_row_mix(partners, rest_sum, rest_count, keys):
+    """One row of a softmax over *all* clients' similarities, applied to their parameters.
+
+    The reference FedCMD mixes every client's latest parameters with weights softmax(S_i), where S_i is row i of
+    a similarity memory in which clients that never met i read 0, so each of them still gets exp(0) = 1 share.
+    Only the partners that met i are listed; the others enter as one sum, which keeps the cost linear in the
+    partners rather than in the population.
+
+    Args:
+        partners: [(s_ij, state_j)] for the clients that met i, i itself first (s_ii = 1).
+        rest_sum: {key: sum of the other clients' tensors}, float64 (ignored when rest_count is 0).
+        rest_count: how many other clients there are.
+        keys: the keys to mix.
+    Returns:
+        {key: (sum_j exp(s_ij) theta_j + rest_sum) / (sum_j exp(s_ij) + rest_count)} in each tensor's dtype.
+    """
+    if not partners:
+        raise ValueError("a softmax row needs at least the client itself as a partner")
+    if rest_count < 0:
+        raise ValueError(f"rest_count must be >= 0, got {rest_count}")
+    similarities = torch.tensor([s for s, _ in partners], dtype=torch.float64)
+    shift = max(float(similarities.max()), 0.0)  # the absent entries are 0: shift by the row's true maximum
+    weights = torch.exp(similarities - shift)
+    rest_weight = math.exp(-shift)
+    total = float(weights.sum()) + rest_count * rest_weight
+    mixed = {}
+    for key in keys:
+        own = partners[0][1][key]
+        if not own.is_floating_point():
+            mixed[key] = own.clone()  # counters are not learned: the client keeps its own
+            continue
+        stacked = torch.stack([state[key].to(own.device, torch.float64).reshape(-1) for _, state in partners])
+        value = weights.to(own.device) @ stacked
+        if rest_count:
+            value = value + rest_weight * rest_sum[key].to(own.device, torch.float64).reshape(-1)
+        mixed[key] = (value / total).reshape(own.shape).to(own.dtype)
+    return mixed
+
+
+def row_matrix(state, keys):
+    """The floating tensors of `keys` as one matrix with a row per output unit.
+
+    Tensors sharing the first tensor's leading dimension are reshaped to (rows, -1) and put side by side, so a
+    linear layer gives [W | b] and a convolution with BatchNorm gives one row per channel. A layer whose tensors
+    disagree on the leading dimension becomes a single row (its flattened values).
+    """
+    tensors = [state[key] for key in keys if state[key].is_floating_point() and state[key].dim() > 0]
+    if not tensors:
+        return torch.zeros(1, 0)
+    rows = tensors[0].shape[0]
+    if any(t.shape[0] != rows for t in tensors):
+        return torch.cat([t.reshape(-1) for t in tensors]).unsqueeze(0)
+    return torch.cat([t.reshape(rows, -1) for t in tensors], dim=1)
+
+
+def rowwise_cosine(a, b):
+    """max(0, mean over rows r of cos(a_r, b_r)) for two (rows x d) matrices; a zero row contributes 0."""
+    if a.shape != b.shape or a.dim() != 2:
+        raise ValueError(f"row-wise cosine needs two matrices of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    a, b = a.to(torch.float64), b.to(torch.float64)
+    norms = a.norm(dim=1) * b.norm(dim=1)
+    dots = (a * b).sum(dim=1)
+    cosines = torch.where(norms > 0, dots / norms.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(dots))
+    return max(0.0, float(cosines.mean())) if len(cosines) else 0.0

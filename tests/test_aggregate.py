@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from fedcmd_plugin.aggregate import (
-    ema, flatten, normalise_rows, personalised_aggregates, similarity_matrix, weighted_average,
+    ema, normalise_rows, personalised_aggregates, row_matrix, rowwise_cosine, similarity_matrix, softmax_row_mix,
+    weighted_average,
 )
 
 
@@ -107,7 +108,46 @@ def test_ema_formula():
         ema(previous, aggregate, 1.5)
 
 
-def test_flatten_concatenates_floating_tensors_in_key_order():
-    state = {"a": torch.tensor([[1.0, 2.0]]), "n": torch.tensor(3), "b": torch.tensor([4.0])}
-    assert torch.equal(flatten(state, ["b", "n", "a"]), torch.tensor([4.0, 1.0, 2.0]))
-    assert flatten(state, ["n"]).numel() == 0
+def test_row_matrix_puts_a_layers_tensors_side_by_side():
+    state = {"w": torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]), "b": torch.tensor([7.0, 8.0]),
+             "n": torch.tensor(3)}
+    assert torch.equal(row_matrix(state, ["w", "b", "n"]), torch.tensor([[1.0, 2.0, 3.0, 7.0], [4.0, 5.0, 6.0, 8.0]]))
+    odd = {"w": torch.ones(2, 2), "v": torch.zeros(3)}
+    assert row_matrix(odd, ["w", "v"]).shape == (1, 7)
+
+
+def test_rowwise_cosine_hand_cases():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    assert math.isclose(rowwise_cosine(a, b), (1 + 1 / math.sqrt(2)) / 2)
+    assert rowwise_cosine(torch.tensor([[1.0, 0.0]]), torch.tensor([[-1.0, 0.0]])) == 0.0  # clipped
+    zero_row = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
+    assert math.isclose(rowwise_cosine(zero_row, torch.tensor([[1.0, 0.0], [2.0, 0.0]])), 0.5)
+    with pytest.raises(ValueError):
+        rowwise_cosine(torch.ones(2, 2), torch.ones(2, 3))
+
+
+def test_softmax_row_mix_hand_formula_counts_unmet_clients_with_weight_one():
+    # Client i (s = 1, w = 2) met one partner (s = .5, w = 4); two others it never met hold 1 and 5 (sum 6).
+    partners = [(1.0, {"w": torch.tensor([2.0]), "n": torch.tensor(7)}), (0.5, {"w": torch.tensor([4.0]),
+                                                                           "n": torch.tensor(1)})]
+    mixed = softmax_row_mix(partners, {"w": torch.tensor([6.0], dtype=torch.float64)}, 2, ["w", "n"])
+    e, h = math.e, math.exp(0.5)
+    assert math.isclose(mixed["w"].item(), (2 * e + 4 * h + 6) / (e + h + 2), rel_tol=1e-6)
+    assert mixed["w"].dtype == torch.float32 and mixed["n"].item() == 7  # a counter stays the client's own
+    alone = softmax_row_mix(partners[:1], {}, 0, ["w"])
+    assert math.isclose(alone["w"].item(), 2.0)
+    with pytest.raises(ValueError):
+        softmax_row_mix([], {}, 0, ["w"])
+
+
+def test_round_mode_weights_hand_example():
+    # The round-local mode: clipped cosine of the round's updates, rows normalised by their sum.
+    updates = torch.tensor([[1.0, 0.0], [1.0, 1.0], [-1.0, 0.0]])
+    phi = similarity_matrix(updates)
+    c = 1 / math.sqrt(2)
+    assert torch.allclose(phi, torch.tensor([[1, c, 0], [c, 1, 0], [0, 0, 1]], dtype=phi.dtype))
+    states = [{"w": torch.tensor([0.0])}, {"w": torch.tensor([3.0])}, {"w": torch.tensor([9.0])}]
+    mixed = personalised_aggregates(states, normalise_rows(phi, "sum"), ["w"])
+    assert math.isclose(mixed[0]["w"].item(), 3 * c / (1 + c), rel_tol=1e-6)
+    assert mixed[2]["w"].item() == 9.0  # dissimilar to everyone: keeps its own

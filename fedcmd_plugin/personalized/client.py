@@ -1,5 +1,6 @@
 """Client machinery shared by the personalised algorithms: a signature of the personal layers for the server's
-similarity weights (their update in the round, or their values) without the layers themselves leaving."""
+similarity weights (their update in the round, or their values, one row per output unit) without the layers
+themselves leaving."""
 import torch
 
 from fedcmd_plugin import aggregate as agg
@@ -12,7 +13,7 @@ class PersonalizedClient(FederatedClient):
     def download(self, dispatch):
         super().download(dispatch)
         keys = self.signature_keys(dispatch)
-        self.signature_start = agg.flatten(self.model.state_dict(), keys).clone() if keys else None
+        self.signature_start = agg.row_matrix(self.model.state_dict(), keys).clone() if keys else None
 
     def signature_keys(self, dispatch):
         return list(dispatch.meta.get("signature_keys", []))
@@ -22,7 +23,7 @@ class PersonalizedClient(FederatedClient):
         keys = self.signature_keys(dispatch)
         kind = dispatch.meta.get("signature")
         if keys and kind in SIGNATURES:
-            now = agg.flatten(self.model.state_dict(), keys)
+            now = agg.row_matrix(self.model.state_dict(), keys)
             upload.extra["signature"] = (now - self.signature_start if kind == "update" else now).to(torch.float32)
         return upload
 

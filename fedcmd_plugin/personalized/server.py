@@ -1,6 +1,5 @@
 """Server machinery shared by the personalised algorithms: block-based key sets, per-client server state and
 similarity-weighted per-client aggregation."""
-import numpy as np
 import torch
 
 from fedcmd_plugin import aggregate as agg
@@ -8,7 +7,11 @@ from fedcmd_plugin.errors import ConfigError
 from fedcmd_plugin.federation.messages import Dispatch
 from fedcmd_plugin.federation.server import FederatedServer
 from fedcmd_plugin.personalized.layers import keys_of_blocks
+from fedcmd_plugin.personalized.similarity import SimilarityMemory
 from fedcmd_plugin.tracking import plots
+
+
+HEATMAP_CLIENTS = 100  # the similarity heat map shows at most this many clients (those with most partners)
 
 
 class PersonalizedServer(FederatedServer):
@@ -24,8 +27,7 @@ class PersonalizedServer(FederatedServer):
         self.state_keys = list(model.state_dict())
         self.client_states = {}  # cid -> the keys the server aggregated for that client alone
         super().setup(model, clients)
-        self.similarity = np.zeros((len(self.client_order), len(self.client_order)))
-        self.position = {cid: i for i, cid in enumerate(self.client_order)}
+        self.similarity = SimilarityMemory()
 
     # ----- key sets ----------------------------------------------------------------------------------------------
     def keys_of(self, blocks):
@@ -57,7 +59,7 @@ class PersonalizedServer(FederatedServer):
         cosine similarity of the clients' signature vectors; the global copy of `keys` gets plain FedAvg."""
         if not keys or not uploads:
             return
-        phi = agg.similarity_matrix(torch.stack(signatures))
+        phi = agg.similarity_matrix(torch.stack([s.reshape(-1) for s in signatures]))
         weights = agg.normalise_rows(phi, self.conf.personalization.similarity_norm)
         mixed = agg.personalised_aggregates([u.state for u in uploads], weights, keys)
         for upload, state in zip(uploads, mixed):
@@ -75,16 +77,21 @@ class PersonalizedServer(FederatedServer):
         self._model.load_state_dict(state)
 
     def record_similarity(self, uploads, phi):
-        index = [self.position[u.cid] for u in uploads]
-        self.similarity[np.ix_(index, index)] = phi.double().cpu().numpy()
+        self.similarity.record([u.cid for u in uploads], phi.double().cpu().tolist())
         self.recorder.image("similarity/round", phi.double().clamp(0, 1).cpu().numpy(), self._current_round)
 
     def finish(self):
-        if self.similarity.any():
-            self.recorder.write_json("similarity.json", {"clients": self.client_order,
-                                                         "matrix": self.similarity.round(4).tolist()})
+        if len(self.similarity):
+            output = self.conf.output
+            document = {"clients": len(self.client_order), **self.similarity.summary(self.client_order,
+                                                                                   output.similarity_top_k)}
+            if output.full_similarity:
+                document["matrix"] = {"clients": self.client_order,
+                                      "values": self.similarity.dense(self.client_order).round(4).tolist()}
+            self.recorder.write_json("similarity.json", document)
             path = self.recorder.plot_path("similarity")
             if path:
-                plots.matrix(self.similarity, self.client_order, path,
-                             "client similarity (latest round each pair met)")
+                shown = self.similarity.busiest(self.client_order, HEATMAP_CLIENTS)
+                plots.matrix(self.similarity.dense(shown), shown, path,
+                             f"client similarity (latest value of each pair; {len(shown)} clients with most partners)")
         super().finish()
