@@ -29,6 +29,8 @@ NULLABLE_TYPES = {
     "personalization.personal_blocks": (list,),
     "fedcmd.candidate_blocks": (list,),
     "fedcmd.personal_block": (str,),
+    "fedcmd.preferred_block": (str,),
+    "fedcmd.selection_rounds": (int,),
     "fedureid.target_clusters": (int,),
     "fedureid.pretrained_backbone": (str,),
 }
@@ -42,19 +44,22 @@ CHOICES = {
     "server.aggregation_strategy": ("FedAvg", "equal"),
     "output.progress": ("auto", True, False),
     "personalization.similarity_norm": ("sum", "softmax"),
+    "fedcmd.distance": ("exact", "mean"),
+    "fedcmd.aggregation": ("reference", "round"),
 }
 POSITIVE = {
     "server.rounds", "server.clients_per_round", "server.test_every", "server.round_timeout",
     "client.local_epoch", "client.batch_size", "client.test_batch_size", "data.num_of_clients",
     "data.class_per_client", "data.alpha", "client.straggler_min_local_epoch",
-    "fedcmd.max_values", "fedcmd.score_batches", "fedureid.temperature", "fedureid.embedding_dim",
+    "fedcmd.max_values", "fedcmd.score_batches", "fedcmd.selection_rounds", "output.similarity_top_k",
+    "fedureid.temperature", "fedureid.embedding_dim",
     "fedureid.patience", "fedureid.target_clusters", "fedureid.synthetic.edges", "fedureid.synthetic.identities",
     "fedureid.synthetic.test_identities", "fedureid.synthetic.cameras", "fedureid.synthetic.images_per_camera",
 }
 NON_NEGATIVE = {"client.finetune_epoch", "client.optimizer.lr", "client.optimizer.momentum",
                 "client.optimizer.weight_decay", "data.min_size", "gpu", "seed",
                 "distributed.world_size", "personalization.body_epochs", "personalization.warmup_rounds",
-                "fedcmd.selection_rounds", "num_threads",
+                "num_threads",
                 "fedureid.size_penalty", "fedureid.memory_momentum", "fedureid.precision_threshold"}  # world_size 0 is EasyFL's "not distributed"
 FRACTIONS = {"data.train_test_split", "server.join_ratio"}  # in (0, 1]
 UNIT_INTERVAL = {"client.straggler_ratio", "fedureid.ema_beta", "fedureid.merge_percent",

@@ -1,6 +1,7 @@
 """FedCMD end to end on digits: the chosen layer stays personal, and personalisation pays off."""
 import json
 
+import pytest
 import torch
 
 from fedcmd_plugin.cli import run_experiment
@@ -17,8 +18,9 @@ def run(name, tmp_run_dir, *extra):
     return run_experiment(load_config(CONFIGS / f"{name}_digits.yaml", [*SHORT, *tmp_run_dir, *extra]))
 
 
-def test_personal_layer_is_kept_and_differs_across_clients(tmp_run_dir):
-    result = run("fedcmd", tmp_run_dir, "fedcmd.selection_rounds=3")
+@pytest.mark.parametrize("aggregation", ["reference", "round"])
+def test_personal_layer_is_kept_and_differs_across_clients(tmp_run_dir, aggregation):
+    result = run("fedcmd", tmp_run_dir, "fedcmd.selection_rounds=3", f"fedcmd.aggregation={aggregation}")
     folder = result["folder"]
     decision = json.loads((folder / "fedcmd_selection.json").read_text())
     chosen = decision["personal_block"]
@@ -37,6 +39,34 @@ def test_personal_layer_is_kept_and_differs_across_clients(tmp_run_dir):
     # did not train since then share the decision-time global value: at most one group of size > 1.
     assert sum(1 for n in sizes if n == 1) >= 5, sizes
     assert sum(1 for n in sizes if n > 1) <= 1, sizes
+
+    # The decision explains itself: the margin follows from the tally, the configured rule's counterfactual is
+    # the decision itself, and per-block scores carry their spread over clients and rounds.
+    tally = decision["tally"]
+    ranked = sorted(tally.values(), reverse=True)
+    assert decision["vote_margin"]["margin"] == (ranked[0] - ranked[1]) / sum(ranked)
+    assert decision["rules"]["exact/all/earliest"]["decision"] == chosen
+    assert set(decision["mean_scores"]["exact"]) == set(tally)
+    assert all(s["n"] == 3 * 10 and s["std"] >= 0 for s in decision["mean_scores"]["exact"].values())
+    similarity = json.loads((folder / "similarity.json").read_text())
+    assert similarity["pairs"] > 0 and "matrix" not in similarity  # the full matrix only on request
+    assert all(len(partners) <= 10 for partners in similarity["top_k"].values())
+
+
+def test_too_few_rounds_for_the_selection_phase_is_a_config_error(run_cli, tmp_run_dir):
+    done = run_cli("run", CONFIGS / "fedcmd_digits.yaml", "server.rounds=5", "fedcmd.selection_rounds=5",
+                   *tmp_run_dir)
+    assert done.returncode == 2 and done.stderr.startswith("error: FedCMD selects its personalised layer")
+    assert "server.rounds=5" in done.stderr and "Traceback" not in done.stderr
+    assert not tmp_run_dir.run_folders()  # refused before any run folder was made
+
+
+def test_default_selection_phase_is_a_tenth_of_the_rounds(tmp_run_dir):
+    result = run("fedcmd", tmp_run_dir, "server.rounds=20", "server.test_every=20", "client.local_epoch=1",
+                 "fedcmd.selection_rounds=null")
+    decision = json.loads((result["folder"] / "fedcmd_selection.json").read_text())
+    assert decision["selection_rounds"] == 2 and decision["decided_after_round"] == 2
+    assert len(decision["rounds"]) == 2
 
 
 def test_fedcmd_beats_fedavg_on_skewed_digits(tmp_run_dir):

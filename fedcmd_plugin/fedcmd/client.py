@@ -1,7 +1,6 @@
-"""FedCMD's client: during selection it scores every candidate block on a few batches per epoch (from the
-activations of the training forward pass itself) and votes; afterwards it keeps the chosen layer and reports
-that layer's update so the server can weigh clients by similarity."""
-import numpy as np
+"""FedCMD's client: during selection it scores every block on a few batches per epoch (from the activations of
+the training forward pass itself) and votes by the server's rule; afterwards it keeps the chosen layer and
+reports that layer's update so the server can weigh clients by similarity."""
 import torch.nn.functional as F
 
 from fedcmd_plugin.fedcmd import selection
@@ -15,7 +14,7 @@ class FedCMDClient(PersonalizedClient):
         self.scoring = False  # only local training in the selection phase scores blocks (not fine-tuning)
 
     def pre_train(self):
-        self.choices, self.score_sum, self.scored = [], None, 0
+        self.batch_scores = []
         meta = self.dispatch.meta
         self.scoring = bool(meta.get("score"))
         if self.scoring:
@@ -26,16 +25,17 @@ class FedCMDClient(PersonalizedClient):
         if not self.scoring or batch_index >= meta["score_batches"]:
             return super().train_batch(x, y, epoch, batch_index)
         logits, outputs = self.model(x, return_blocks=True)
-        scores = selection.block_scores(x, y, outputs, logits.shape[1], meta["max_values"], self.score_generator)
-        self.choices.append(selection.choose_block(scores, meta["candidates"]))
-        self.score_sum = scores if self.score_sum is None else self.score_sum + scores
-        self.scored += 1
+        self.batch_scores.append(selection.block_scores(x, y, outputs, logits.shape[1], meta["max_values"],
+                                                        self.score_generator))
         return F.cross_entropy(logits, y)
 
     def make_upload(self, dispatch):
         upload = super().make_upload(dispatch)
-        if self.choices:
-            upload.meta["vote"] = selection.round_vote(self.choices)
-            upload.meta["scores"] = np.asarray(self.score_sum / self.scored, dtype=float).tolist()
+        if self.batch_scores:
+            meta = dispatch.meta
+            rule = selection.Rule(meta["distance"], tuple(meta["candidates"]), meta.get("preferred"))
+            upload.meta["vote"] = rule.vote(self.batch_scores)
+            upload.meta["batch_scores"] = {name: [s[name].tolist() for s in self.batch_scores]
+                                           for name in selection.DISTANCES}
         self.scoring = False
         return upload

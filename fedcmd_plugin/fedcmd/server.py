@@ -1,32 +1,74 @@
 """FedCMD's server: FedAvg while clients vote for the personalised layer, then decoupled aggregation.
 
-Selection phase (rounds < fedcmd.selection_rounds): plain FedAvg; each upload carries the client's vote; the
-tally fixes THE personalised layer at the end of the phase. Decoupled phase: the personalised layer stays on
-the clients; layers before it are FedAvg-aggregated; layers after it get per-client aggregates weighted by the
-clipped cosine similarity of the clients' personalised-layer updates.
+Selection phase (the first `fedcmd.selection_rounds` rounds, by default 10% of `server.rounds` as in the paper's
+20 of 200): plain FedAvg; each upload carries the client's vote; the tally fixes THE personalised layer at the
+end of the phase. Decoupled phase: the personalised layer stays on the clients; layers before it are
+FedAvg-aggregated; layers after it are aggregated per client by the similarity of the clients' personalised-layer
+updates, in one of two modes (`fedcmd.aggregation`):
+
+* ``reference``, as the paper's code does it: a persistent memory holds, for every pair of clients that met in a
+  round, the clipped mean row-wise cosine of their updates. Each client receives, whenever it is dispatched or
+  evaluated, a softmax over its whole memory row (clients it never met count 0) of every client's latest
+  trained parameters; a client that has not trained since the decision counts with the global model's values.
+* ``round``, as the paper's text puts it: only the round's uploaders are mixed, with the clipped cosine of their
+  flattened updates normalised per row (`personalization.similarity_norm`).
 """
+import numpy as np
+
+from fedcmd_plugin import aggregate as agg
+from fedcmd_plugin.errors import ConfigError
 from fedcmd_plugin.fedcmd import selection
 from fedcmd_plugin.personalized.server import PersonalizedServer
+from fedcmd_plugin.personalized.similarity import LatestStates
 from fedcmd_plugin.tracking import plots
+
+AGGREGATIONS = ("reference", "round")
+DEFAULT_SELECTION_SHARE = 0.1  # the paper selects during 20 of its 200 rounds
+
+
+def selection_rounds(conf):
+    """`fedcmd.selection_rounds`, or 10% of `server.rounds` (at least 1) when it is null."""
+    configured = conf.fedcmd.selection_rounds
+    if configured is not None:
+        return int(configured)
+    return max(1, int(round(conf.server.rounds * DEFAULT_SELECTION_SHARE)))
 
 
 class FedCMDServer(PersonalizedServer):
     def setup(self, model, clients):
-        super().setup(model, clients)
         cmd = self.conf.fedcmd
+        self.selection_rounds = selection_rounds(self.conf)
+        if cmd.personal_block is None and self.conf.server.rounds <= self.selection_rounds:
+            raise ConfigError(f"FedCMD selects its personalised layer during fedcmd.selection_rounds="
+                              f"{self.selection_rounds} rounds, so server.rounds={self.conf.server.rounds} leaves no "
+                              f"decoupled round: raise server.rounds, lower fedcmd.selection_rounds, or fix the "
+                              f"layer with fedcmd.personal_block")
+        super().setup(model, clients)
         candidates = self.configured_blocks("fedcmd.candidate_blocks", cmd.candidate_blocks, self.block_names)
         self.candidates = [self.block_names.index(b) for b in candidates]
+        preferred = None
+        if cmd.preferred_block is not None:
+            if cmd.preferred_block not in candidates:
+                raise ConfigError(f"config key 'fedcmd.preferred_block' is {cmd.preferred_block!r}, which is not "
+                                  f"a candidate block ({', '.join(candidates)})")
+            preferred = self.block_names.index(cmd.preferred_block)
+        self.rule = selection.Rule(cmd.distance, tuple(self.candidates), preferred)
+        self.diagnostics = selection.diagnostic_rules(self.block_names)
         fixed = self.configured_blocks("fedcmd.personal_block", [cmd.personal_block] if cmd.personal_block else [], [])
         self.chosen = fixed[0] if fixed else None
         self.counts = [0] * len(self.block_names)
+        self.rule_counts = {name: [0] * len(self.block_names) for name in self.diagnostics}
+        self.score_rows = {distance: [] for distance in selection.DISTANCES}
+        self.ties = {distance: 0 for distance in selection.DISTANCES}  # scored batches with a tie at the minimum
+        self.scored_batches = 0
         self.vote_rounds = []
-        self.score_sums, self.score_count = [0.0] * len(self.block_names), 0
+        self.latest = LatestStates()  # reference mode: every client's latest trained layers after the personal one
         if self.chosen:
             self.recorder.notes["personal_block"] = self.chosen
             self.recorder.notes["personal_block_reason"] = "fixed by fedcmd.personal_block"
 
     def in_selection(self):
-        return self._current_round < self.conf.fedcmd.selection_rounds or self.chosen is None
+        return self._current_round < self.selection_rounds or self.chosen is None
 
     def personal_blocks(self):
         return [] if self.in_selection() else [self.chosen]
@@ -40,35 +82,74 @@ class FedCMDServer(PersonalizedServer):
     def round_meta(self):
         cmd = self.conf.fedcmd
         if self.in_selection():
-            return {"phase": "selection", "score": self.chosen is None, "candidates": self.candidates,
-                    "max_values": cmd.max_values, "score_batches": cmd.score_batches}
+            return {"phase": "selection", "score": self.chosen is None, "candidates": list(self.rule.candidates),
+                    "preferred": self.rule.preferred, "distance": self.rule.distance, "max_values": cmd.max_values,
+                    "score_batches": cmd.score_batches}
         return {"phase": "decoupled", "signature": "update", "signature_keys": self.split()[1]}
+
+    # ----- aggregation --------------------------------------------------------------------------------------------
+    def mixes_by_reference(self):
+        cmd = self.conf.fedcmd
+        return not self.in_selection() and cmd.weighted_aggregation and cmd.aggregation == "reference"
 
     def aggregate(self, uploads):
         if self.in_selection():
             super().aggregate(uploads)
             self.count_votes(uploads)
-            if self._current_round + 1 >= self.conf.fedcmd.selection_rounds and self.chosen is None:
+            if self._current_round + 1 >= self.selection_rounds and self.chosen is None:
                 self.decide()
             return
         before, _, after = self.split()
         self.update_global(uploads, before)
-        if self.conf.fedcmd.weighted_aggregation:
+        if self.mixes_by_reference():
+            self.remember(uploads, after)
+        elif self.conf.fedcmd.weighted_aggregation:
             self.aggregate_by_similarity(uploads, after, [u.extra["signature"] for u in uploads])
-        else:
-            self.update_global(uploads, after)
-
-    def count_votes(self, uploads):
-        votes = {u.cid: u.meta["vote"] for u in uploads if "vote" in u.meta}
-        if not votes:
             return
-        for vote in votes.values():
-            self.counts[vote] += 1
+        self.update_global(uploads, after)
+
+    def remember(self, uploads, after):
+        """Reference mode: the round's pair similarities into the memory, the uploads' layers into `latest`."""
+        signatures = [u.extra["signature"] for u in uploads]
+        values = [[agg.rowwise_cosine(a, b) for b in signatures] for a in signatures]
+        self.similarity.record([u.cid for u in uploads], values)
+        self.recorder.image("similarity/round", np.clip(np.array(values), 0, 1), self._current_round)
         for upload in uploads:
-            for i, score in enumerate(upload.meta.get("scores", [])):
-                self.score_sums[i] += score
-            self.score_count += 1 if upload.meta.get("scores") else 0
+            self.latest.update(upload.cid, {k: upload.state[k] for k in after})
+
+    def dispatch_for(self, cid):
+        dispatch = super().dispatch_for(cid)
+        if self.mixes_by_reference():
+            dispatch.state.update(self.reference_mix(cid))
+        return dispatch
+
+    def reference_mix(self, cid):
+        """Client `cid`'s layers after the personal one: softmax over its memory row of every client's latest."""
+        after = self.split()[2]
+        if not after:
+            return {}
+        state = self._model.state_dict()
+        fallback = {k: state[k] for k in after}  # what a client that has not trained since the decision holds
+        return self.latest.softmax_mix(cid, self.similarity, len(self.client_order), fallback)
+
+    # ----- selection --------------------------------------------------------------------------------------------
+    def count_votes(self, uploads):
+        voters = [u for u in uploads if "vote" in u.meta]
+        if not voters:
+            return
+        votes = {u.cid: int(u.meta["vote"]) for u in voters}
         round_tally = selection.tally(votes.values(), len(self.block_names))
+        self.counts = [a + b for a, b in zip(self.counts, round_tally)]
+        for upload in voters:
+            scored = upload.meta["batch_scores"]
+            batches = [{d: np.asarray(scored[d][b]) for d in selection.DISTANCES}
+                       for b in range(len(scored[self.rule.distance]))]
+            self.scored_batches += len(batches)
+            for distance in selection.DISTANCES:
+                self.score_rows[distance].append(np.mean([b[distance] for b in batches], axis=0))
+                self.ties[distance] += sum(selection.tied_at_minimum(b[distance], self.candidates) for b in batches)
+            for name, rule in self.diagnostics.items():
+                self.rule_counts[name][rule.vote(batches)] += 1
         self.vote_rounds.append({"round": self._current_round + 1,
                                  "votes": {cid: self.block_names[v] for cid, v in votes.items()},
                                  "tally": dict(zip(self.block_names, round_tally))})
@@ -77,19 +158,32 @@ class FedCMDServer(PersonalizedServer):
     def decide(self):
         if not any(self.counts):
             return  # nothing voted yet (e.g. no scored batches): stay in the selection phase
-        self.chosen = self.block_names[selection.decide(self.counts)]
-        scores = {b: (s / self.score_count if self.score_count else None)
-                  for b, s in zip(self.block_names, self.score_sums)}
-        reason = (f"{self.counts[self.block_names.index(self.chosen)]} of {sum(self.counts)} votes over "
-                  f"{len(self.vote_rounds)} rounds; lowest mean |d_x - d_y| is "
-                  f"{min((s, b) for b, s in scores.items() if s is not None)[1]}")
+        names = self.block_names
+        self.chosen = names[selection.decide(self.counts)]
+        statistics = {d: selection.score_statistics(rows, names) for d, rows in self.score_rows.items()}
+        scores = statistics[self.rule.distance]
+        lowest = min((scores[names[i]]["mean"], names[i]) for i in self.candidates)[1]
+        margin = selection.vote_margin(self.counts, names)
+        reason = (f"{margin['winner_votes']} of {margin['total_votes']} votes over {len(self.vote_rounds)} rounds, "
+                  f"{margin['margin']:.0%} ahead of {margin['runner_up']}; lowest mean |d_x - d_y| "
+                  f"({self.rule.distance}) among the candidates is {lowest}")
+        rules = {name: {"decision": names[selection.decide(counts)], "tally": dict(zip(names, counts)),
+                        "margin": round(selection.vote_margin(counts, names)["margin"], 4)}
+                 for name, counts in self.rule_counts.items()}
         decision = {"personal_block": self.chosen, "decided_after_round": self._current_round + 1,
-                    "tally": dict(zip(self.block_names, self.counts)), "mean_scores": scores,
-                    "candidates": [self.block_names[i] for i in self.candidates], "reason": reason,
-                    "rounds": self.vote_rounds}
+                    "selection_rounds": self.selection_rounds,
+                    "rule": {"distance": self.rule.distance, "candidates": [names[i] for i in self.candidates],
+                             "preferred": names[self.rule.preferred] if self.rule.preferred is not None else None},
+                    "tally": dict(zip(names, self.counts)), "vote_margin": margin, "mean_scores": statistics,
+                    "tied_batch_share": {d: round(t / max(self.scored_batches, 1), 4) for d, t in self.ties.items()},
+                    "reason": reason, "rules": rules, "rounds": self.vote_rounds}
         self.recorder.write_json("fedcmd_selection.json", decision)
-        self.recorder.notes.update(personal_block=self.chosen, personal_block_reason=reason)
+        self.recorder.notes.update(personal_block=self.chosen, personal_block_reason=reason,
+                                   vote_margin=round(margin["margin"], 4),
+                                   selection_scores={b: round(s["mean"], 5) for b, s in scores.items()},
+                                   selection_score_std={b: round(s["std"], 5) for b, s in scores.items()},
+                                   rule_decisions={name: r["decision"] for name, r in rules.items()})
         self.log.info(f"FedCMD personalised layer: {self.chosen} ({reason})")
         path = self.recorder.plot_path("layer_votes")
         if path:
-            plots.bars(self.block_names, self.counts, path, f"FedCMD layer votes -> {self.chosen}", "votes")
+            plots.bars(names, self.counts, path, f"FedCMD layer votes -> {self.chosen}", "votes")
