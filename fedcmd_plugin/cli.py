@@ -20,6 +20,13 @@ EPILOG = """examples:
 """
 
 
+SWEEP_EPILOG = """examples:
+  fedcmd-plugin sweep configs/fedcmd_fmnist.yaml configs/fedper_fmnist.yaml data.alpha=0.1,0.5
+  fedcmd-plugin sweep --base configs/fmnist.yaml --methods fedcmd fedper fedavg --seeds 0 1 2 --workers 2
+  fedcmd-plugin sweep configs/fedcmd_digits.yaml fedcmd.aggregation=reference,round --output runs/agg
+"""
+
+
 def split_arguments(items):
     """Positional arguments: YAML files first, then key.sub=value overrides (applied to every file)."""
     configs = [i for i in items if "=" not in i]
@@ -105,6 +112,35 @@ def launch_distributed(nproc, configs, overrides):
     return status
 
 
+def command_sweep(args):
+    from fedcmd_plugin import sweep
+
+    configs = [i for i in args.items if "=" not in i]
+    items = [i for i in args.items if "=" in i]
+    if args.methods:
+        if configs and not args.base:
+            raise PluginError("with --methods, name the shared config with --base (positional configs are methods)")
+        base = args.base or None
+        methods = [(m, base, (f"algorithm={m}",)) for m in args.methods]
+    else:
+        methods = []
+    from fedcmd_plugin.config import load_config
+
+    for path in configs:
+        methods.append((sweep.label_of(path, load_config(path)), path, ()))
+    if not methods:
+        raise PluginError("give config files or --methods (see `fedcmd-plugin sweep --help`)")
+    cells = sweep.plan(methods, args.seeds, items)
+    print(f"sweep: {len(cells)} cells -> {args.output}", file=sys.stderr)
+    meta = {"command": " ".join(["fedcmd-plugin", "sweep", *sys.argv[2:]]), **sweep.machine()}
+    table, failed = sweep.run_sweep(cells, args.output, args.workers, progress=not args.quiet, meta=meta)
+    print(sweep.markdown(table, list(dict.fromkeys(c.label for c in cells))))
+    for result in failed:
+        print(f"failed: {result['label']} {result['setting']} seed {result['seed']}: {result['error']}",
+              file=sys.stderr)
+    return 1 if failed else 0
+
+
 def command_show_config(args):
     from fedcmd_plugin.config import load_config, to_yaml
 
@@ -150,6 +186,22 @@ def build_parser():
     run.add_argument("--nproc", type=int, default=1, help="processes for torch.distributed on this machine "
                      "(gloo on the CPU, nccl with gpu > 0); default 1 = standalone simulation")
     run.set_defaults(handler=command_run)
+    sweep = commands.add_parser(
+        "sweep", help="run methods x seeds x override grid in parallel worker processes, resumable",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=SWEEP_EPILOG,
+        description="Each cell (method, setting, seed) is one run in a child process; `key=v1,v2` overrides "
+                    "form the grid of settings, `key=v` ones apply to every cell. Finished cells are skipped "
+                    "when the same --output is swept again; a failed cell is reported and the others go on.")
+    sweep.add_argument("items", nargs="*", metavar="CONFIG.yaml | key.sub=value | key.sub=v1,v2")
+    sweep.add_argument("--methods", nargs="+", metavar="ALGORITHM",
+                       help="algorithms to run on the --base config (or the defaults)")
+    sweep.add_argument("--base", metavar="CONFIG.yaml", help="the config every --methods entry starts from")
+    sweep.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (partitions); default 0 1 2")
+    sweep.add_argument("--workers", type=int, default=None, help="parallel cells; default: one per usable core")
+    sweep.add_argument("--output", default="runs/sweep", help="sweep folder (cells, sweep.json/csv/md/png); "
+                       "sweeping the same folder again resumes it (default: runs/sweep)")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    sweep.set_defaults(handler=command_sweep)
     show = commands.add_parser("show-config", help="print the fully resolved config")
     show.add_argument("items", nargs="+", metavar="CONFIG.yaml | key.sub=value")
     show.set_defaults(handler=command_show_config)

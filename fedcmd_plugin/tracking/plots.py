@@ -2,14 +2,24 @@
 from contextlib import contextmanager
 
 
-@contextmanager
-def figure(path, title, xlabel=None, ylabel=None, size=(6, 4)):
-    """Axes to draw on; on exit the figure is titled, labelled and saved to `path` (PNG)."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+@contextmanager
+def figure(path, title, xlabel=None, ylabel=None, size=(6, 4)):
+    """Axes to draw on; on exit the figure is titled, labelled and saved to `path` (PNG)."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=size)
     try:
         yield fig, ax
@@ -18,8 +28,20 @@ def figure(path, title, xlabel=None, ylabel=None, size=(6, 4)):
             ax.set_xlabel(xlabel)
         if ylabel:
             ax.set_ylabel(ylabel)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+@contextmanager
+def panels(path, title, count, size=(6, 4.5)):
+    """`count` side-by-side axes (each `size`); on exit the figure gets `title` and is saved to `path`."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, count, figsize=(size[0] * count, size[1]), squeeze=False)
+    try:
+        yield list(axes[0])
+        fig.suptitle(title)
+        _save(fig, path)
     finally:
         plt.close(fig)
 

@@ -1,0 +1,67 @@
+"""FedCMD against the personalised baselines over several partitions: mean ± std over seeds per setting.
+
+Runs `fedcmd-plugin sweep` (one worker process per core by default) over the FMNIST configs of
+`configs/<method>_fmnist.yaml` (100 clients, balanced Dirichlet, LeNet-5 with BatchNorm, 10 clients per round)
+at each alpha and seed, and writes `benchmarks/results/fedcmd_sweep.json` shaped as
+{"<dataset>/alpha=<a>": {"<method>": {"mean", "std", "per_seed", "rounds", ...}}} plus a `_meta.json` beside it
+(machine, commit, workers, wall time). Cells already finished in `--work` are skipped, so it resumes.
+
+    python benchmarks/fedcmd_sweep.py                     # FMNIST, alpha 0.1 and 0.5, seeds 0 1 2, 100 rounds
+    python benchmarks/fedcmd_sweep.py --rounds 200 --methods fedcmd fedper pfedsim --output ...200.json
+    python benchmarks/fedcmd_sweep.py --quick             # digits, 2 methods, 2 seeds, 8 rounds (about a minute)
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from common import ROOT, write_json
+
+from fedcmd_plugin import sweep
+
+METHODS = ["fedcmd", "fedcmd_round", "fedcmd_reference", "fedper", "pfedsim", "lg_fedavg", "fedrep", "local", "fedavg"]
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="digits, fedcmd and fedper, seeds 0 1, 8 rounds")
+    parser.add_argument("--dataset", default="fmnist")
+    parser.add_argument("--methods", nargs="+", default=METHODS)
+    parser.add_argument("--alphas", default="0.1,0.5", help="comma-separated Dirichlet alphas")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--rounds", type=int, default=None, help="default: the configs' own (FMNIST: 100)")
+    parser.add_argument("--workers", type=int, default=None, help="default: one per usable core")
+    parser.add_argument("--work", default=str(ROOT / "runs" / "fedcmd_sweep"), help="sweep folder (resumable)")
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "fedcmd_sweep.json"))
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    if args.quick:
+        args.dataset, args.methods, args.seeds, args.rounds = "digits", ["fedcmd", "fedper"], [0, 1], 8
+        args.work, args.output = args.work + "_quick", str(Path(args.output).with_name("fedcmd_sweep_quick.json"))
+    items = [f"data.alpha={args.alphas}", "output.save_model=false", "output.tensorboard=false"]
+    if args.rounds:
+        items += [f"server.rounds={args.rounds}", f"server.test_every={max(1, args.rounds // 10)}"]
+    methods = []
+    for method in args.methods:
+        config = ROOT / "configs" / f"{method}_{args.dataset}.yaml"
+        if not config.is_file():
+            sys.exit(f"error: {config} does not exist")
+        methods.append((method, str(config), ()))
+    cells = sweep.plan(methods, args.seeds, items)
+    meta = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), **sweep.machine()}
+    table, failed = sweep.run_sweep(cells, args.work, args.workers, progress=sys.stderr.isatty(), meta=meta)
+    write_json(args.output, table)
+    summary = json.loads((Path(args.work) / "sweep.json").read_text())["meta"]
+    write_json(Path(args.output).with_name(Path(args.output).stem + "_meta.json"), summary)
+    print(sweep.markdown(table, args.methods))
+    print(f"wall {summary['wall_seconds']} s with {summary['workers']} workers; written: {args.output}")
+    for result in failed:
+        print(f"failed: {result['label']} {result['setting']} seed {result['seed']}: {result['error']}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
