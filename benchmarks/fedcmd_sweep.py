@@ -19,7 +19,7 @@ from common import ROOT, write_json
 
 from fedcmd_plugin import sweep
 
-METHODS = ["fedcmd", "fedcmd_round", "fedcmd_reference", "fedper", "pfedsim", "lg_fedavg", "fedrep", "local", "fedavg"]
+METHODS = ["fedcmd", "fedcmd_round", "fedper", "pfedsim", "lg_fedavg", "fedrep", "local", "fedavg", "fedcmd_reference"]
 
 
 def parse_args():
