@@ -35,7 +35,7 @@ NULLABLE_TYPES = {
     "fedureid.pretrained_backbone": (str,),
 }
 # Keys that accept more than their default's type.
-EXTRA_TYPES = {"output.progress": (str, bool)}
+EXTRA_TYPES = {"output.progress": (str, bool), "parallel.workers": (str, int)}
 CHOICES = {
     "data.split_type": ("iid", "dir", "class"),
     "test_method": ("weighted", "average"),
@@ -232,6 +232,9 @@ def check_type(dotted, value, default):
 
 def check_values(conf):
     """Range and choice checks that types alone cannot express."""
+    workers = OmegaConf.select(conf, "parallel.workers")
+    if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ConfigError(f"config key 'parallel.workers' must be auto or an integer >= 1; got {workers!r}")
     for dotted, choices in CHOICES.items():
         value = OmegaConf.select(conf, dotted)
         if value not in choices:

@@ -74,11 +74,16 @@ def resolve_runtime(conf):
     torch.set_num_threads(conf.num_threads or threads_per_process())
 
 
+def usable_cores():
+    """The cores this process may run on (its CPU affinity), not merely the machine's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def threads_per_process():
     """Cores shared among the processes of this machine: oversubscribed threads spin and slow small models
     by an order of magnitude (LOCAL_WORLD_SIZE is set by torchrun and by the plugin's launchers)."""
     processes = max(1, env_int("LOCAL_WORLD_SIZE", 1))
-    return max(1, (os.cpu_count() or 1) // processes)
+    return max(1, usable_cores() // processes)
 
 
 def setup_logging():

@@ -7,7 +7,6 @@ sweep rewrites `sweep.json`, `sweep.csv`, `sweep.md` (mean ± std per method and
 """
 import itertools
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedcmd_plugin.errors import PluginError
+from fedcmd_plugin.session import usable_cores
 from fedcmd_plugin.tracking import files, plots
 
 
@@ -33,10 +33,6 @@ class Cell:
     def name(self):
         slug = self.setting.replace("/", "_").replace("=", "-")
         return f"{self.label}__{slug}__seed{self.seed}"
-
-
-def usable_cores():
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def machine():
@@ -122,12 +118,16 @@ def read_run(cell_root):
             "curve": [[r["round"], r[metric]] for r in rows if metric in r], "folder": str(folder)}
 
 
-def run_cell(cell, root, python=sys.executable):
-    """Run one cell in a child process; returns its result dict (with "error" when it failed)."""
+def run_cell(cell, root, python=sys.executable, cell_workers=1):
+    """Run one cell in a child process; returns its result dict (with "error" when it failed).
+
+    `cell_workers` is the cell's own `parallel.workers` (the sweep's cells already share the cores), unless the
+    cell's overrides set it.
+    """
     cell_root = Path(root) / "cells" / cell.name
     shutil.rmtree(cell_root, ignore_errors=True)  # a half-finished earlier attempt starts over
     cell_root.mkdir(parents=True)
-    command = [python, "-m", "fedcmd_plugin", "run", cell.config, *cell.overrides,
+    command = [python, "-m", "fedcmd_plugin", "run", cell.config, f"parallel.workers={cell_workers}", *cell.overrides,
                f"output.root={cell_root}", "output.progress=false"]
     started = time.time()
     with open(cell_root / "log.txt", "wb") as log:
@@ -257,7 +257,8 @@ def run_sweep(cells, root, workers=None, progress=True, meta=None, python=sys.ex
     bar = tqdm(total=len(cells), initial=len(results), desc="sweep", unit="cell", disable=not progress,
                dynamic_ncols=True)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(run_cell, cell, root, python): cell for cell in todo}
+        cell_workers = max(1, usable_cores() // workers)
+        futures = {pool.submit(run_cell, cell, root, python, cell_workers): cell for cell in todo}
         for future in as_completed(futures):
             cell, result = futures[future], future.result()
             if "error" in result:

@@ -16,6 +16,7 @@ from fedcmd_plugin.federation.evaluation import summarise_classification
 from fedcmd_plugin.federation.fleet import LocalFleet
 from fedcmd_plugin.federation.messages import Dispatch
 from fedcmd_plugin.federation.seeding import derived_seed
+from fedcmd_plugin.federation.workers import ProcessFleet, threads_per_worker, worker_count
 from fedcmd_plugin.session import logger, prepared_config
 from fedcmd_plugin.tracking import Recorder
 
@@ -39,6 +40,10 @@ class FederatedServer(BaseServer):
         except BaseException as exc:
             self.recorder.fail(exc)
             raise
+        finally:
+            fleet = getattr(self, "fleet", None)
+            if hasattr(fleet, "close"):
+                fleet.close()
 
     def setup(self, model, clients):
         device = self.conf.device
@@ -51,11 +56,16 @@ class FederatedServer(BaseServer):
         self.recorder.start(self.describe_run())
 
     def make_fleet(self, clients):
-        """Local client objects, or (remote mode) the gRPC client services named in the RunRequest."""
+        """Local client objects (trained by worker processes when `parallel.workers` resolves to more than one),
+        or (remote mode) the gRPC client services named in the RunRequest."""
         if self.is_remote:
             from fedcmd_plugin.remote.fleet import RemoteFleet
 
             return RemoteFleet(self, clients)
+        workers = worker_count(self.conf, self.world)
+        if workers > 1:
+            return ProcessFleet(clients, self.workspace, self.initial_state, workers,
+                                threads_per_worker(self.conf, workers))
         return LocalFleet(clients, self.workspace, self.initial_state)
 
     def describe_run(self):
