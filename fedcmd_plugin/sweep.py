@@ -221,6 +221,8 @@ def write_outputs(root, results, labels, meta):
     root = Path(root)
     table = summarise(results)
     failed = [r for r in results if "error" in r]
+    # what the cells cost, including those finished by an earlier, resumed invocation
+    meta = {**meta, "cell_seconds_total": round(sum(r.get("wall_seconds", 0.0) for r in results), 1)}
     files.write_json(root / "sweep.json", {"meta": meta, "table": table, "failed": failed,
                                            "cells": [r for r in results if "error" not in r]})
     files.write_csv(root / "sweep.csv", [{k: v for k, v in r.items() if k not in ("curve", "overrides")}
