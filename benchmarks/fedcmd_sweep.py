@@ -19,7 +19,7 @@ from common import ROOT, write_json
 
 from fedcmd_plugin import sweep
 
-METHODS = ["fedcmd", "fedcmd_round", "fedper", "pfedsim", "lg_fedavg", "fedrep", "local", "fedavg", "fedcmd_reference"]
+METHODS = ["fedcmd", "fedper", "fedcmd_round", "pfedsim", "lg_fedavg", "fedrep", "local", "fedavg", "fedcmd_reference"]
 
 
 def parse_args():
@@ -27,12 +27,13 @@ def parse_args():
     parser.add_argument("--quick", action="store_true", help="digits, fedcmd and fedper, seeds 0 1, 8 rounds")
     parser.add_argument("--dataset", default="fmnist")
     parser.add_argument("--methods", nargs="+", default=METHODS)
-    parser.add_argument("--alphas", default="0.1,0.5", help="comma-separated Dirichlet alphas")
+    parser.add_argument("--alphas", default="0.5,0.1", help="comma-separated Dirichlet alphas")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=None, help="default: the configs' own (FMNIST: 100)")
     parser.add_argument("--workers", type=int, default=None, help="default: one per usable core")
     parser.add_argument("--work", default=str(ROOT / "runs" / "fedcmd_sweep"), help="sweep folder (resumable)")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "fedcmd_sweep.json"))
+    parser.add_argument("--collect", action="store_true", help="run nothing: tabulate the cells finished so far")
     return parser.parse_args()
 
 
@@ -52,6 +53,9 @@ def main():
         methods.append((method, str(config), ()))
     cells = sweep.plan(methods, args.seeds, items)
     meta = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), **sweep.machine()}
+    if args.collect:
+        cells = [c for c in cells if sweep.finished(args.work, c)]
+        meta["collected_only"] = True
     table, failed = sweep.run_sweep(cells, args.work, args.workers, progress=sys.stderr.isatty(), meta=meta)
     write_json(args.output, table)
     summary = json.loads((Path(args.work) / "sweep.json").read_text())["meta"]

@@ -5,6 +5,7 @@ down, and no framework state leaks between cells). Finished cells leave `cells/<
 again over the same folder skips them, so an interrupted sweep resumes where it stopped. After every cell the
 sweep rewrites `sweep.json`, `sweep.csv`, `sweep.md` (mean ± std per method and setting) and `sweep.png`.
 """
+import hashlib
 import itertools
 import json
 import shutil
@@ -28,6 +29,15 @@ class Cell:
     setting: str  # e.g. "fmnist/alpha=0.1": one column of the table
     seed: int
     overrides: tuple  # dotted overrides of this cell (fixed ones and its grid values)
+
+    @property
+    def identity(self):
+        """What makes two cells the same run: the config's content (extends followed) and the overrides, not
+        where the file lies, so a sweep resumes from another checkout of the same configs."""
+        from fedcmd_plugin.config import read_yaml
+
+        document = json.dumps([read_yaml(self.config), list(self.overrides)], sort_keys=True, default=str)
+        return hashlib.sha1(document.encode()).hexdigest()[:16]
 
     @property
     def name(self):
@@ -133,7 +143,8 @@ def run_cell(cell, root, python=sys.executable, cell_workers=1):
     with open(cell_root / "log.txt", "wb") as log:
         code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
     base = {"label": cell.label, "setting": cell.setting, "seed": cell.seed, "config": cell.config,
-            "overrides": list(cell.overrides), "wall_seconds": round(time.time() - started, 1)}
+            "overrides": list(cell.overrides), "identity": cell.identity,
+            "wall_seconds": round(time.time() - started, 1)}
     if code != 0:
         lines = (cell_root / "log.txt").read_text(errors="replace").strip().splitlines()
         return {**base, "error": f"exit status {code}: {lines[-1] if lines else 'no output'}"}
@@ -238,8 +249,7 @@ def finished(root, cell):
     if not path.is_file():
         return None
     result = json.loads(path.read_text())
-    same = result.get("config") == cell.config and result.get("overrides") == list(cell.overrides)
-    return result if same else None
+    return result if result.get("identity") == cell.identity else None
 
 
 def run_sweep(cells, root, workers=None, progress=True, meta=None, python=sys.executable):

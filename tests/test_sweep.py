@@ -77,6 +77,14 @@ def test_real_sweep_reports_a_failed_cell_and_resumes_skipping_finished_cells(tm
     assert (root / "cells" / "fedavg__digits__seed0.json").read_text() == first
     assert table["digits"]["fedavg"]["n"] == 2 and set(table["digits"]["fedavg"]["per_seed"]) == {"0", "1"}
     assert len(failed) == 2 and (root / "sweep.png").is_file() and (root / "sweep.md").is_file()
+    moved = tmp_run_dir.path / "elsewhere"  # the same configs in another checkout: still the same cells
+    moved.mkdir()
+    copy = moved / good.name
+    copy.write_text(good.read_text())
+    again = sweep.plan([("fedavg", str(copy), ())], [0, 1], [])
+    assert all(sweep.finished(root, c) for c in again)
+    changed = sweep.plan([("fedavg", str(copy), ())], [0], ["client.local_epoch=2"])
+    assert sweep.finished(root, changed[0]) is None
     rows = (root / "sweep.csv").read_text().splitlines()
     assert len(rows) == 1 + 4 and rows[0].startswith("label,setting,seed")
 
