@@ -82,9 +82,10 @@ def register(name):
     import easyfl
 
     from fedcmd_plugin.data.federated import ConfiguredData
-    from fedcmd_plugin.session import note_registered
+    from fedcmd_plugin.session import note_registered, route_easyfl_logging
 
     algorithm = get_algorithm(name)
+    route_easyfl_logging()
     easyfl.register_server(algorithm.server)
     easyfl.register_client(algorithm.client)
     easyfl.register_model(ConfiguredModel)
