@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from easyfl.client import BaseClient
 
+from fedcmd_plugin.federation.evaluation import measure
 from fedcmd_plugin.federation.messages import Upload
 from fedcmd_plugin.federation.progress import epoch_bar
 from fedcmd_plugin.federation.seeding import client_generator
@@ -122,17 +123,5 @@ class FederatedClient(BaseClient):
         model = self.personalised_model(dispatch)
         model.eval()
         with torch.no_grad():
-            return self.measure(model, splits)
-
-    def measure(self, model, splits):
-        result = {}
-        for split in splits:
-            data = self.test_data if split == "test" else self.train_data
-            correct, loss, total = 0, 0.0, 0
-            for x, y in data.batches(self.cid, self.conf.test_batch_size, None, self.device):
-                logits = model(x)
-                loss += F.cross_entropy(logits, y, reduction="sum").item()
-                correct += (logits.argmax(1) == y).sum().item()
-                total += len(y)
-            result[f"{split}_correct"], result[f"{split}_loss"], result[f"{split}_total"] = correct, loss, total
-        return result
+            return measure(model, {"test": self.test_data, "train": self.train_data}, self.cid, splits,
+                           self.conf.test_batch_size, self.device)
