@@ -69,8 +69,13 @@ class ConfiguredModel:
         from fedcmd_plugin.models.checkpoint import load_initial_params
         from fedcmd_plugin.session import prepared_config
 
+        from fedcmd_plugin.models import has_batch_norm
+
         conf = prepared_config()
         model = get_algorithm(conf.algorithm).model(conf, load_federated(conf).info)
+        if conf.client.batch_size < 2 and has_batch_norm(model):
+            raise ConfigError(f"config key 'client.batch_size' must be at least 2 for model {conf.model!r}: its "
+                              "BatchNorm layers need two samples per batch")
         return load_initial_params(model, conf.model_init.params_file)
 
 

@@ -15,6 +15,7 @@ from fedcmd_plugin.federation.evaluation import measure
 from fedcmd_plugin.federation.messages import Upload
 from fedcmd_plugin.federation.progress import epoch_bar
 from fedcmd_plugin.federation.seeding import client_generator
+from fedcmd_plugin.models import has_batch_norm
 
 
 class FederatedClient(BaseClient):
@@ -69,13 +70,19 @@ class FederatedClient(BaseClient):
         self.run_epochs(optimizer, self.local_epochs(self.dispatch), "train")
 
     def run_epochs(self, optimizer, epochs, label):
-        """`epochs` passes over the client's shuffled batches; returns the mean loss of the last epoch."""
+        """`epochs` passes over the client's shuffled batches; returns the mean loss of the last epoch.
+
+        With BatchNorm layers a last batch of one sample joins the batch before it: BatchNorm cannot normalise a
+        single value per channel (and one sample's own statistics say nothing of the data), while merging keeps
+        every sample in every epoch.
+        """
         generator = client_generator(self.dispatch.meta, self.cid, label)
+        min_last = 2 if has_batch_norm(self.model) else 1
         loss_sum, seen = 0.0, 0
         for epoch in epoch_bar(epochs, f"{self.cid} {label}"):
             loss_sum, seen = 0.0, 0
             for batch_index, (x, y) in enumerate(self.train_data.batches(self.cid, self.conf.batch_size, generator,
-                                                                           self.device)):
+                                                                           self.device, min_last)):
                 optimizer.zero_grad(set_to_none=True)
                 loss = self.train_batch(x, y, epoch, batch_index)
                 loss.backward()
