@@ -173,8 +173,20 @@ def build_parser():
     return parser
 
 
+def parse_arguments(argv=None):
+    """The command line, with configs and overrides also after options (`run A.yaml --nproc 2 seed=3`)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    options = [item for item in extra if item.startswith("-")]
+    if options or (extra and not hasattr(args, "items")):
+        parser.error(f"unrecognized arguments: {' '.join(options or extra)}")
+    if extra:
+        args.items = [*args.items, *extra]
+    return args
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(argv)
     try:
         return args.handler(args)
     except PluginError as exc:
