@@ -190,9 +190,14 @@ class FederatedServer(BaseServer):
 
     def post_train(self):
         self.round_seconds = time.time() - self.round_started
-        images = sum(int(u.meta.get("images", 0)) for u in self.round_uploads)
-        self.recorder.log_round(self._current_round, {"round_seconds": self.round_seconds, "images": images,
-                                                      "clients": len(self.round_uploads)})
+        uploads = self.round_uploads
+        values = {"round_seconds": self.round_seconds, "images": sum(int(u.meta.get("images", 0)) for u in uploads),
+                  "clients": len(uploads)}
+        trained = [u for u in uploads if "train_loss" in u.meta]
+        if trained:  # the mean loss per training sample over the round's last local epochs
+            values["train_loss"] = float(np.average([u.meta["train_loss"] for u in trained],
+                                                    weights=[u.num_samples for u in trained]))
+        self.recorder.log_round(self._current_round, values)
         self.bar.update(1)
 
     # ----- evaluation -----------------------------------------------------------------------------------------
