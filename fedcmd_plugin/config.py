@@ -97,9 +97,16 @@ def easyfl_defaults_file():
     return Path(list(spec.submodule_search_locations)[0]) / "config.yaml"
 
 
-def defaults():
+def builtin_defaults():
     """EasyFL's defaults with the plugin's defaults merged over them."""
     return OmegaConf.merge(OmegaConf.load(str(easyfl_defaults_file())), OmegaConf.load(str(PLUGIN_DEFAULTS)))
+
+
+def defaults():
+    """The built-in defaults plus the config sections that registered algorithms declare."""
+    from fedcmd_plugin.registry import algorithm_sections
+
+    return OmegaConf.merge(builtin_defaults(), algorithm_sections())
 
 
 def read_yaml(path, _seen=()):

@@ -2,9 +2,11 @@
 
 Third-party algorithms join either by calling `register_algorithm(Algorithm(...))` before `register(name)`, or
 through the entry-point group `fedcmd_plugin.algorithms` (each entry point loads a module or callable that
-registers its algorithms), so the package never needs editing.
+registers its algorithms), so the package never needs editing. An algorithm may declare its own config sections
+(`config={"fedprox": {"mu": 0.01}}`): they join the defaults and are checked like the plugin's own keys.
 """
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Callable
 
@@ -21,6 +23,8 @@ class Algorithm:
     client: type  # an easyfl.client.BaseClient subclass
     model: Callable  # model(conf, data_info) -> torch.nn.Module
     summary: str = ""
+    # {section: {key: default}}: the algorithm's own config keys; a key's type is its default's (null: any type)
+    config: Mapping = field(default_factory=dict)
 
 
 _ALGORITHMS = {}
@@ -29,8 +33,32 @@ _loaded = False
 
 def register_algorithm(algorithm):
     """Add (or replace) an algorithm under its name."""
+    check_sections(algorithm)
     _ALGORITHMS[algorithm.name] = algorithm
     return algorithm
+
+
+def check_sections(algorithm):
+    """An algorithm's sections are mappings whose names no other config key or algorithm already uses."""
+    from fedcmd_plugin.config import builtin_defaults
+
+    owners = {key: "the plugin's defaults" for key in builtin_defaults()}
+    owners.update({section: f"algorithm {other.name!r}" for other in _ALGORITHMS.values()
+                   if other.name != algorithm.name for section in other.config})
+    for section, keys in algorithm.config.items():
+        if not isinstance(keys, Mapping):
+            raise ValueError(f"algorithm {algorithm.name!r}: config section {section!r} must map its keys to "
+                             f"their defaults, got {type(keys).__name__}")
+        if section in owners:
+            raise ValueError(f"algorithm {algorithm.name!r}: config section {section!r} is already used by "
+                             f"{owners[section]}")
+
+
+def algorithm_sections():
+    """The config sections of every registered algorithm (entry points included): {section: {key: default}}."""
+    if entry_points(group=ENTRY_POINT_GROUP):
+        load_builtins()  # the built-in algorithms first, as always, so that entry points may replace them
+    return {section: dict(keys) for algorithm in _ALGORITHMS.values() for section, keys in algorithm.config.items()}
 
 
 def load_builtins():
