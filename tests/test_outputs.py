@@ -1,12 +1,15 @@
-"""What a run leaves behind: files only in its run folder and data.root, and metrics that mean what they say."""
+"""What a run leaves behind: files only in its run folder and data.root, metrics that mean what they say, and
+run folders read back (load_run, `fedcmd-plugin compare`)."""
 import csv
+import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fedcmd_plugin.cli import run_experiment
+import fedcmd_plugin
+from fedcmd_plugin.cli import main, run_experiment
 from fedcmd_plugin.data import load_federated
 from fedcmd_plugin.models import build_model
 
@@ -50,3 +53,45 @@ def test_train_loss_is_the_mean_loss_per_training_sample(small_digits_config):
     events.Reload()
     assert [e.value for e in events.Scalars("round/train_loss")] == pytest.approx([expected] * 2, rel=1e-5)
 
+
+def test_load_run_gives_the_models_the_run_evaluated(small_digits_config):
+    """Accuracy of load_run's models on each client's test split = clients.csv's last evaluation."""
+    for algorithm, clients_keep_layers in (("fedavg", False), ("fedper", True)):
+        conf = small_digits_config(algorithm=algorithm)
+        run = fedcmd_plugin.load_run(run_experiment(conf)["folder"])
+        assert run.config.algorithm == algorithm and [m["round"] for m in run.metrics] == [1, 2]
+        data = load_federated(run.config)
+        last = {r["cid"]: float(r["test_accuracy"]) for r in read_csv(run.folder / "clients.csv") if r["round"] == "2"}
+        assert sorted(last) == run.clients
+        for cid, accuracy in last.items():
+            x, y = data.test.tensors(cid)
+            with torch.no_grad():
+                mine = 100.0 * (run.model(cid)(x).argmax(1) == y).float().mean().item()
+            assert mine == pytest.approx(accuracy), (algorithm, cid)
+        if clients_keep_layers:
+            with pytest.raises(fedcmd_plugin.PluginError, match="no global model"):
+                run.model()
+        else:
+            assert torch.equal(run.model()(x), run.model(cid)(x))
+
+
+def test_compare_puts_runs_side_by_side(small_digits_config, tmp_run_dir, capsys):
+    folders = [run_experiment(small_digits_config(algorithm=a, server__rounds=r))["folder"]
+               for a, r in (("fedavg", 2), ("local", 1))]
+    plot = tmp_run_dir.path / "compare.png"
+    assert main(["compare", *map(str, folders), "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    for folder, algorithm, rounds in zip(folders, ("fedavg", "local"), (2, 1)):
+        summary = json.loads((folder / "summary.json").read_text())
+        (line,) = [line for line in out.splitlines() if line.startswith(folder.name)]
+        assert algorithm in line and f"{summary['final']['accuracy']:6.2f}%" in line
+        assert line.split()[-3] == str(rounds) and line.split()[-1] == "-"  # rounds, (s/round), no FedCMD layer
+    assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_compare_refuses_an_unfinished_folder(tmp_run_dir):
+    folder = tmp_run_dir.path / "half"
+    folder.mkdir()
+    (folder / "status.json").write_text('{"state": "running"}')
+    with pytest.raises(fedcmd_plugin.PluginError, match="not complete"):
+        fedcmd_plugin.load_run(folder)

@@ -6,6 +6,7 @@ model (test_mode=test_in_client) or the global model (test_in_server) is evaluat
 and `round_meta`; the maths they call lives in `fedcmd_plugin.aggregate`.
 """
 import time
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -75,7 +76,7 @@ class FederatedServer(BaseServer):
 
         data = load_federated(self.conf)
         self.log.info(data.summary)
-        return {"partition": data.client_rows, "summary": data.summary}
+        return {"partition": data.client_rows, "summary": data.summary, "data": asdict(data.info)}
 
     def finish(self):
         self.recorder.finish(self.model_states(), self.last_evaluation)

@@ -35,6 +35,7 @@ class Recorder:
         self.client_rows = []  # per evaluation and client
         self.writer = None
         self.notes = {}  # algorithm facts for summary.json (e.g. FedCMD's chosen layer)
+        self.data_info = None  # the data's shape, which rebuilds the model from checkpoints (load_run)
         self.started = time.time()
         self.log = logger()
 
@@ -47,6 +48,7 @@ class Recorder:
         self.folder = unique_folder(conf.output.root, name)
         files.write_json(self.folder / "status.json", {"state": "running", "started": time.ctime()})
         files.write_text(self.folder / "config.yaml", to_yaml(conf))
+        self.data_info = info.get("data")
         if info.get("partition"):
             files.write_csv(self.folder / "partition.csv", info["partition"])
         if conf.output.tensorboard:
@@ -78,7 +80,8 @@ class Recorder:
                 plots.client_distribution(accs, self.plot_path("client_accuracy"), title)
         summary = {"algorithm": conf.algorithm, "dataset": conf.data.dataset, "rounds": conf.server.rounds,
                    "final": final, "seconds": time.time() - self.started,
-                   "seconds_per_round": self.seconds_per_round(), "folder": str(self.folder), **self.notes}
+                   "seconds_per_round": self.seconds_per_round(), "folder": str(self.folder), "data": self.data_info,
+                   **self.notes}
         files.write_json(self.folder / "summary.json", summary)
         if self.writer:
             self.writer.close()
