@@ -31,6 +31,8 @@ class Run:
         from fedcmd_plugin.data.federated import DataInfo
         from fedcmd_plugin.registry import get_algorithm
 
+        if not self.summary.get("data"):
+            raise PluginError(f"run {self.folder} predates load_run: its summary.json lacks the data's shape")
         state = self.state(client)
         model = get_algorithm(self.config.algorithm).model(self.config, DataInfo(**self.summary["data"]))
         model.load_state_dict(state)
@@ -67,8 +69,6 @@ def load_run(folder):
     if state != "complete":
         raise PluginError(f"run {folder} is not complete (status: {state})")
     summary = json.loads((folder / "summary.json").read_text())
-    if "data" not in summary:
-        raise PluginError(f"run {folder} predates load_run: its summary.json does not record the data's shape")
     metrics_file = folder / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else []
     return Run(folder, OmegaConf.load(str(folder / "config.yaml")), metrics, summary)
