@@ -8,7 +8,8 @@
 from fedcmd_plugin.config import load_config
 from fedcmd_plugin.errors import ConfigError, DataError, PluginError
 from fedcmd_plugin.registry import Algorithm, algorithms, register, register_algorithm
+from fedcmd_plugin.tracking.runs import Run, load_run
 
 __version__ = "0.1.0"
-__all__ = ["Algorithm", "ConfigError", "DataError", "PluginError", "algorithms", "load_config", "register",
-           "register_algorithm"]
+__all__ = ["Algorithm", "ConfigError", "DataError", "PluginError", "Run", "algorithms", "load_config", "load_run",
+           "register", "register_algorithm"]

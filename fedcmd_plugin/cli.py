@@ -15,6 +15,7 @@ EPILOG = """examples:
   fedcmd-plugin run configs/fedavg_fmnist.yaml server.rounds=5 client.local_epoch=1
   fedcmd-plugin run configs/fedcmd_digits.yaml configs/fedavg_digits.yaml     (prints a comparison)
   fedcmd-plugin run configs/fedavg_digits.yaml --nproc 2                      (torch.distributed, 2 processes)
+  fedcmd-plugin compare runs/fedcmd-digits-* runs/fedavg-digits-*           (finished runs side by side)
   fedcmd-plugin show-config configs/fedcmd_digits.yaml seed=3
   fedcmd-plugin list
 """
@@ -59,15 +60,16 @@ def command_run(args):
     results = []
     for path, conf in zip(configs, loaded):
         result = run_experiment(conf)
-        results.append((path, conf, result.get("summary", {})))
+        results.append((os.path.basename(path), result.get("summary", {})))
     if len(results) > 1:
-        print(comparison_table(results))
+        print(comparison_table(results, "config"))
     return 0
 
 
-def comparison_table(results):
-    lines = ["", f"{'config':<34} {'algorithm':<10} {'dataset':<15} {'result':<42} {'s/round':>8}"]
-    for path, conf, summary in results:
+def comparison_table(results, label):
+    """Runs side by side: results = [(name, summary.json dict)]; `label` heads the names' column."""
+    lines = ["", f"{label:<34} {'algorithm':<10} {'dataset':<15} {'result':<42} {'rounds':>6} {'s/round':>8} layer"]
+    for name, summary in results:
         final = summary.get("final", {})
         if "accuracy" in final:
             result = f"acc {final['accuracy']:6.2f}% (clients {final['accuracy_mean']:.1f} ± {final['accuracy_std']:.1f})"
@@ -76,9 +78,25 @@ def comparison_table(results):
         else:
             result = "-"
         per_round = summary.get("seconds_per_round")
-        lines.append(f"{os.path.basename(path):<34} {conf.algorithm:<10} {conf.data.dataset:<15} {result:<42} "
-                     f"{per_round if per_round is None else round(per_round, 2)!s:>8}")
+        lines.append(f"{name:<34} {summary.get('algorithm', '-'):<10} {summary.get('dataset', '-'):<15} {result:<42} "
+                     f"{summary.get('rounds', '-')!s:>6} {per_round if per_round is None else round(per_round, 2)!s:>8} "
+                     f"{summary.get('personal_block') or '-'}")
     return "\n".join(lines)
+
+
+def command_compare(args):
+    from fedcmd_plugin.tracking import plots
+    from fedcmd_plugin.tracking.runs import load_run
+
+    runs = [load_run(folder) for folder in args.folders]
+    print(comparison_table([(run.folder.name, run.summary) for run in runs], "run"))
+    series = {}
+    for run in runs:
+        metric = "accuracy" if any("accuracy" in m for m in run.metrics) else "mAP"
+        rows = [m for m in run.metrics if metric in m]
+        series[run.folder.name] = ([m["round"] for m in rows], [m[metric] for m in rows])
+    print(f"plot: {plots.curves(series, args.plot, 'accuracy per round', 'round', 'accuracy / mAP (%)')}")
+    return 0
 
 
 def free_port():
@@ -218,6 +236,12 @@ def build_parser():
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--overwrite", action="store_true", help="replace edges written with other settings")
     generate.set_defaults(handler=command_reid_generate)
+    compare = commands.add_parser("compare", help="finished runs side by side: final accuracy (or mAP), rounds, "
+                                  "s/round, FedCMD's layer; and a plot of accuracy per round")
+    compare.add_argument("folders", nargs="+", metavar="RUN_FOLDER")
+    compare.add_argument("--plot", default="comparison.png", help="PNG of accuracy (or mAP) per round, one line "
+                         "per run (default: comparison.png)")
+    compare.set_defaults(handler=command_compare)
     listing = commands.add_parser("list", help="list algorithms, data sets and models")
     listing.set_defaults(handler=command_list)
     from fedcmd_plugin.remote.cli import add_commands as add_remote_commands
@@ -225,8 +249,20 @@ def build_parser():
     return parser
 
 
+def parse_arguments(argv=None):
+    """The command line, with configs and overrides also after options (`run A.yaml --nproc 2 seed=3`)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    options = [item for item in extra if item.startswith("-")]
+    if options or (extra and not hasattr(args, "items")):
+        parser.error(f"unrecognized arguments: {' '.join(options or extra)}")
+    if extra:
+        args.items = [*args.items, *extra]
+    return args
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(argv)
     try:
         return args.handler(args)
     except PluginError as exc:

@@ -38,17 +38,19 @@ NULLABLE_TYPES = {
 EXTRA_TYPES = {"output.progress": (str, bool), "parallel.workers": (str, int)}
 CHOICES = {
     "data.split_type": ("iid", "dir", "class"),
+    "test_mode": ("test_in_client", "test_in_server"),
     "test_method": ("weighted", "average"),
     "client.optimizer.type": ("SGD", "Adam"),
     "distributed.backend": ("auto", "gloo", "nccl"),
     "server.aggregation_strategy": ("FedAvg", "equal"),
+    "server.aggregation_stragtegy": ("FedAvg", "equal"),  # EasyFL's spelling of the same key
     "output.progress": ("auto", True, False),
     "personalization.similarity_norm": ("sum", "softmax"),
     "fedcmd.distance": ("exact", "mean"),
     "fedcmd.aggregation": ("reference", "round"),
 }
 POSITIVE = {
-    "server.rounds", "server.clients_per_round", "server.test_every", "server.round_timeout",
+    "server.rounds", "server.clients_per_round", "server.test_every", "server.round_timeout", "server.batch_size",
     "client.local_epoch", "client.batch_size", "client.test_batch_size", "data.num_of_clients",
     "data.class_per_client", "data.alpha", "client.straggler_min_local_epoch",
     "fedcmd.max_values", "fedcmd.score_batches", "fedcmd.selection_rounds", "output.similarity_top_k",
@@ -59,11 +61,35 @@ POSITIVE = {
 NON_NEGATIVE = {"client.finetune_epoch", "client.optimizer.lr", "client.optimizer.momentum",
                 "client.optimizer.weight_decay", "data.min_size", "gpu", "seed",
                 "distributed.world_size", "personalization.body_epochs", "personalization.warmup_rounds",
-                "num_threads",
+                "num_threads", "server.save_model_every",
                 "fedureid.size_penalty", "fedureid.memory_momentum", "fedureid.precision_threshold"}  # world_size 0 is EasyFL's "not distributed"
 FRACTIONS = {"data.train_test_split", "server.join_ratio"}  # in (0, 1]
 UNIT_INTERVAL = {"client.straggler_ratio", "fedureid.ema_beta", "fedureid.merge_percent",
                  "fedureid.precision_saturation"}  # in [0, 1]
+TRACKING = "the plugin writes metrics to the run folder (output.save_metrics, output.tensorboard)"
+HETEROGENEITY = "simulate slow clients with client.straggler_ratio and client.straggler_min_local_epoch"
+LEAF = "it applies to EasyFL's LEAF data sets: set data.dataset, data.num_of_clients and data.split_type"
+# EasyFL keys whose work the plugin does another way: any value but EasyFL's default is refused with what to use
+# instead (a section stands for every key below it).
+REPLACED = {
+    "task_id": "the run folder is named by output.name",
+    "data.data_amount": LEAF,
+    "data.iid_fraction": LEAF,
+    "data.user": LEAF,
+    "data.weights": "client sizes follow the partition: data.split_type=dir with data.alpha and data.balanced",
+    "server.track": TRACKING,
+    "server.save_model_path": "checkpoints go to the run folder's checkpoints/ (output.root, output.save_model)",
+    "server.aggregation_content": "every state entry, BatchNorm statistics included, is aggregated; "
+                                  "algorithm fedbn keeps BatchNorm layers on the clients",
+    "client.track": TRACKING,
+    "client.seed": "clients' seeds derive from the top-level seed, the round and the client: set seed",
+    "client.local_test": "set server.test_every=1 to evaluate every client every round",
+    "tracking.database": TRACKING,
+    "tracking.log_file": "EasyFL's log goes to stdout at tracking.log_level; the run's files go to output.root",
+    "tracking.metric_file": TRACKING,
+    "tracking.save_every": TRACKING,
+    "resource_heterogeneous": HETEROGENEITY,
+}
 
 
 def easyfl_defaults_file():
@@ -76,9 +102,16 @@ def easyfl_defaults_file():
     return Path(list(spec.submodule_search_locations)[0]) / "config.yaml"
 
 
-def defaults():
+def builtin_defaults():
     """EasyFL's defaults with the plugin's defaults merged over them."""
     return OmegaConf.merge(OmegaConf.load(str(easyfl_defaults_file())), OmegaConf.load(str(PLUGIN_DEFAULTS)))
+
+
+def defaults():
+    """The built-in defaults plus the config sections that registered algorithms declare."""
+    from fedcmd_plugin.registry import algorithm_sections
+
+    return OmegaConf.merge(builtin_defaults(), algorithm_sections())
 
 
 def read_yaml(path, _seen=()):
@@ -158,7 +191,7 @@ def load_config(source=None, overrides=()):
     base = defaults()
     validate(tree, base)
     conf = OmegaConf.merge(base, tree)
-    check_values(conf)
+    check_values(conf, base)
     return conf
 
 
@@ -167,7 +200,7 @@ def complete(conf):
     base = defaults()
     validate(OmegaConf.to_container(conf), base)
     fill_missing(conf, base)
-    check_values(conf)
+    check_values(conf, base)
     return conf
 
 
@@ -230,8 +263,9 @@ def check_type(dotted, value, default):
         raise ConfigError(f"config key '{dotted}' expects {names}, got {describe(value)}")
 
 
-def check_values(conf):
-    """Range and choice checks that types alone cannot express."""
+def check_values(conf, base):
+    """Range and choice checks that types alone cannot express, EasyFL keys the plugin replaces, and EasyFL's
+    spelling of the aggregation key (`base`: the defaults)."""
     workers = OmegaConf.select(conf, "parallel.workers")
     if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ConfigError(f"config key 'parallel.workers' must be auto or an integer >= 1; got {workers!r}")
@@ -251,6 +285,28 @@ def check_values(conf):
             raise ConfigError(f"config key '{dotted}' must be in (0, 1]; got {value!r}")
         if dotted in UNIT_INTERVAL and not 0 <= value <= 1:
             raise ConfigError(f"config key '{dotted}' must be in [0, 1]; got {value!r}")
+    for dotted, instead in REPLACED.items():
+        for key, value in leaves(OmegaConf.select(conf, dotted), dotted):
+            if value != OmegaConf.select(base, key):
+                raise ConfigError(f"config key '{key}' is not used by the plugin ({value!r} given): {instead}")
+    adopt_easyfl_spelling(conf.server, base.server)
+
+
+def leaves(node, dotted):
+    """(dotted key, value) of every value at or below `node`."""
+    if not isinstance(node, DictConfig):
+        yield dotted, node
+        return
+    for key, value in node.items():
+        yield from leaves(value, f"{dotted}.{key}")
+
+
+def adopt_easyfl_spelling(server, defaults):
+    """EasyFL 0.1.2 spells the key `aggregation_stragtegy`: a value set there (not EasyFL's default) is
+    `aggregation_strategy`'s, and both stay equal so EasyFL and the plugin read the same strategy."""
+    if server.aggregation_stragtegy != defaults.aggregation_stragtegy:
+        server.aggregation_strategy = server.aggregation_stragtegy
+    server.aggregation_stragtegy = server.aggregation_strategy
 
 
 def active_config():

@@ -2,9 +2,11 @@
 
 Third-party algorithms join either by calling `register_algorithm(Algorithm(...))` before `register(name)`, or
 through the entry-point group `fedcmd_plugin.algorithms` (each entry point loads a module or callable that
-registers its algorithms), so the package never needs editing.
+registers its algorithms), so the package never needs editing. An algorithm may declare its own config sections
+(`config={"fedprox": {"mu": 0.01}}`): they join the defaults and are checked like the plugin's own keys.
 """
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Callable
 
@@ -21,6 +23,8 @@ class Algorithm:
     client: type  # an easyfl.client.BaseClient subclass
     model: Callable  # model(conf, data_info) -> torch.nn.Module
     summary: str = ""
+    # {section: {key: default}}: the algorithm's own config keys; a key's type is its default's (null: any type)
+    config: Mapping = field(default_factory=dict)
 
 
 _ALGORITHMS = {}
@@ -29,8 +33,32 @@ _loaded = False
 
 def register_algorithm(algorithm):
     """Add (or replace) an algorithm under its name."""
+    check_sections(algorithm)
     _ALGORITHMS[algorithm.name] = algorithm
     return algorithm
+
+
+def check_sections(algorithm):
+    """An algorithm's sections are mappings whose names no other config key or algorithm already uses."""
+    from fedcmd_plugin.config import builtin_defaults
+
+    owners = {key: "the plugin's defaults" for key in builtin_defaults()}
+    owners.update({section: f"algorithm {other.name!r}" for other in _ALGORITHMS.values()
+                   if other.name != algorithm.name for section in other.config})
+    for section, keys in algorithm.config.items():
+        if not isinstance(keys, Mapping):
+            raise ValueError(f"algorithm {algorithm.name!r}: config section {section!r} must map its keys to "
+                             f"their defaults, got {type(keys).__name__}")
+        if section in owners:
+            raise ValueError(f"algorithm {algorithm.name!r}: config section {section!r} is already used by "
+                             f"{owners[section]}")
+
+
+def algorithm_sections():
+    """The config sections of every registered algorithm (entry points included): {section: {key: default}}."""
+    if entry_points(group=ENTRY_POINT_GROUP):
+        load_builtins()  # the built-in algorithms first, as always, so that entry points may replace them
+    return {section: dict(keys) for algorithm in _ALGORITHMS.values() for section, keys in algorithm.config.items()}
 
 
 def load_builtins():
@@ -69,8 +97,13 @@ class ConfiguredModel:
         from fedcmd_plugin.models.checkpoint import load_initial_params
         from fedcmd_plugin.session import prepared_config
 
+        from fedcmd_plugin.models import has_batch_norm
+
         conf = prepared_config()
         model = get_algorithm(conf.algorithm).model(conf, load_federated(conf).info)
+        if conf.client.batch_size < 2 and has_batch_norm(model):
+            raise ConfigError(f"config key 'client.batch_size' must be at least 2 for model {conf.model!r}: its "
+                              "BatchNorm layers need two samples per batch")
         return load_initial_params(model, conf.model_init.params_file)
 
 
@@ -82,9 +115,10 @@ def register(name):
     import easyfl
 
     from fedcmd_plugin.data.federated import ConfiguredData
-    from fedcmd_plugin.session import note_registered
+    from fedcmd_plugin.session import note_registered, route_easyfl_logging
 
     algorithm = get_algorithm(name)
+    route_easyfl_logging()
     easyfl.register_server(algorithm.server)
     easyfl.register_client(algorithm.client)
     easyfl.register_model(ConfiguredModel)

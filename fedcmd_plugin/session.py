@@ -13,6 +13,7 @@ from fedcmd_plugin.errors import ConfigError
 LOGGER_NAME = "fedcmd_plugin"
 _prepared_id = None
 _registered_algorithm = None
+_easyfl_handler = None
 
 
 def note_registered(name):
@@ -100,3 +101,23 @@ def setup_logging():
 
 def logger():
     return setup_logging()
+
+
+def route_easyfl_logging():
+    """`easyfl.init` adds a stdout handler and a file handler (logs/train.<time>.log below the working folder)
+    to the root logger on every call; in its place the plugin sets the level and keeps one stdout handler, so a
+    run writes nothing outside its run folder and data.root."""
+    import easyfl.coordinator
+
+    easyfl.coordinator.init_logger = init_easyfl_logger
+
+
+def init_easyfl_logger(log_level):
+    """EasyFL's log (tracking.log_level) on the current stdout, one handler however often EasyFL is initialised."""
+    global _easyfl_handler
+    root = logging.getLogger()
+    root.setLevel(log_level or logging.INFO)
+    root.removeHandler(_easyfl_handler)
+    _easyfl_handler = logging.StreamHandler(sys.stdout)
+    _easyfl_handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s"))
+    root.addHandler(_easyfl_handler)

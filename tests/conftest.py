@@ -1,7 +1,7 @@
 """Shared fixtures: a private working folder per test, small digits configs and a CLI runner.
 
-EasyFL writes `logs/` below the current directory on every `easyfl.init`, and runs write their folders below
-`output.root`; both are kept inside the test's tmp_path so the checkout stays clean.
+Runs write their folders below `output.root` and derived data below `data.root`; both are kept inside the test's
+tmp_path so the checkout stays clean.
 """
 import os
 import subprocess

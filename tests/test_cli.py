@@ -102,3 +102,23 @@ def test_show_config_applies_overrides(run_cli):
 def test_bad_command_line_is_a_usage_error(run_cli, args):
     result = run_cli(*args)
     assert result.returncode == 2 and "usage" in result.stderr
+
+
+def test_overrides_may_follow_options():
+    from fedcmd_plugin.cli import parse_arguments
+
+    args = parse_arguments(["run", "a.yaml", "--nproc", "2", "server.rounds=6", "b.yaml"])
+    assert args.nproc == 2 and args.items == ["a.yaml", "server.rounds=6", "b.yaml"]
+    with pytest.raises(SystemExit):
+        parse_arguments(["run", "a.yaml", "--nproc", "2", "--frobnicate"])
+    with pytest.raises(SystemExit):
+        parse_arguments(["list", "server.rounds=6"])  # a command without configs takes no overrides
+
+
+def test_run_applies_an_override_given_after_the_process_option(tmp_run_dir):
+    from fedcmd_plugin.cli import main
+
+    assert main(["run", str(CONFIGS / "fedavg_digits.yaml"), "--nproc", "1", "server.rounds=1", *FAST[2:],
+                 "output.progress=false", *tmp_run_dir]) == 0
+    (folder,) = tmp_run_dir.run_folders()
+    assert [m["round"] for m in json.loads((folder / "metrics.json").read_text())] == [1]

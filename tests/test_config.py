@@ -172,3 +172,56 @@ def test_small_digits_config_fixture(small_digits_config, tmp_run_dir):
     assert conf.output.root == str(tmp_run_dir.output_root) and conf.data.root == str(tmp_run_dir.data_root)
     with pytest.raises(ConfigError, match="server.roundz"):
         small_digits_config(server__roundz=3)
+
+
+def test_easyfl_spelling_of_the_aggregation_key_is_the_plugins_key():
+    conf = load_config(None, ["server.aggregation_stragtegy=equal"])
+    assert conf.server.aggregation_strategy == "equal" and conf.server.aggregation_stragtegy == "equal"
+    conf = load_config(None, ["server.aggregation_strategy=equal"])
+    assert conf.server.aggregation_stragtegy == "equal"  # EasyFL reads the same strategy
+
+
+def test_easyfl_spelling_through_easyfl_init_dict():
+    """`easyfl.init(dict)` merges over EasyFL's own defaults; completing that config translates the key too."""
+    from omegaconf import OmegaConf
+
+    from fedcmd_plugin.config import complete, easyfl_defaults_file
+
+    conf = OmegaConf.merge(OmegaConf.load(str(easyfl_defaults_file())), {"server": {"aggregation_stragtegy": "equal"}})
+    assert complete(conf).server.aggregation_strategy == "equal"
+
+
+def test_easyfl_spelling_is_validated_like_the_plugins_key():
+    with pytest.raises(ConfigError, match=r"'server.aggregation_stragtegy' must be one of FedAvg, equal"):
+        load_config(None, ["server.aggregation_stragtegy=median"])
+
+
+@pytest.mark.parametrize("override,instead", [
+    ("task_id=exp1", "output.name"),
+    ("data.data_amount=0.5", "data.split_type"),
+    ("data.iid_fraction=0.5", "data.split_type"),
+    ("data.user=true", "data.split_type"),
+    ("data.weights=[0.5, 0.5]", "data.split_type"),
+    ("server.track=true", "output.save_metrics"),
+    ("server.save_model_path=models", "output.save_model"),
+    ("server.aggregation_content=parameters", "fedbn"),
+    ("client.track=true", "output.save_metrics"),
+    ("client.seed=3", "seed"),
+    ("client.local_test=true", "server.test_every"),
+    ("tracking.database=db.sqlite", "output.save_metrics"),
+    ("tracking.log_file=train.log", "tracking.log_level"),
+    ("tracking.metric_file=metrics.csv", "output.save_metrics"),
+    ("tracking.save_every=5", "output.save_metrics"),
+    ("resource_heterogeneous.simulate=true", "client.straggler_ratio"),
+    ("resource_heterogeneous.level=1", "client.straggler_ratio"),
+])
+def test_easyfl_keys_the_plugin_replaces_are_refused_with_what_to_use(override, instead):
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, [override])
+    message = str(caught.value)
+    assert f"'{override.partition('=')[0]}'" in message and instead in message and "\n" not in message
+
+
+def test_test_mode_is_checked():
+    with pytest.raises(ConfigError, match="'test_mode' must be one of test_in_client, test_in_server"):
+        load_config(None, ["test_mode=test_in_cloud"])

@@ -90,23 +90,32 @@ class ClientTensors(ClientDataset):
             self._on_device[key] = (self._x[cid].to(device), self._y[cid].to(device))
         return self._on_device[key]
 
-    def batches(self, cid, batch_size, generator=None, device="cpu"):
-        """Batches of client `cid`: a seeded shuffle when `generator` is given, else in order."""
+    def batches(self, cid, batch_size, generator=None, device="cpu", min_last=1):
+        """Batches of client `cid`: a seeded shuffle when `generator` is given, else in order. A last batch
+        smaller than `min_last` joins the one before it."""
         x, y = self.tensors(cid, device)
-        n = len(y)
+        bounds = batch_bounds(len(y), batch_size, min_last)
         if generator is None:
-            for start in range(0, n, batch_size):
-                yield x[start:start + batch_size], y[start:start + batch_size]
+            for start, end in bounds:
+                yield x[start:end], y[start:end]
             return
-        order = torch.randperm(n, generator=generator).to(x.device)
-        for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
+        order = torch.randperm(len(y), generator=generator).to(x.device)
+        for start, end in bounds:
+            idx = order[start:end]
             yield x.index_select(0, idx), y.index_select(0, idx)
 
     def loader(self, batch_size, client_id=None, shuffle=True, seed=0, **_):
         """EasyFL's loader API: a list of (x, y) batches of one client."""
         generator = torch.Generator().manual_seed(int(seed)) if shuffle else None
         return list(self.batches(client_id, batch_size, generator))
+
+
+def batch_bounds(n, batch_size, min_last=1):
+    """(start, end) of consecutive batches over n samples; a last batch under `min_last` samples is merged."""
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] < min_last:
+        starts.pop()
+    return list(zip(starts, starts[1:] + [n]))
 
 
 def partition_key(conf, num_samples):

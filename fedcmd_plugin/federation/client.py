@@ -11,9 +11,11 @@ import torch
 import torch.nn.functional as F
 from easyfl.client import BaseClient
 
+from fedcmd_plugin.federation.evaluation import measure
 from fedcmd_plugin.federation.messages import Upload
 from fedcmd_plugin.federation.progress import epoch_bar
 from fedcmd_plugin.federation.seeding import client_generator
+from fedcmd_plugin.models import has_batch_norm
 
 
 class FederatedClient(BaseClient):
@@ -68,13 +70,19 @@ class FederatedClient(BaseClient):
         self.run_epochs(optimizer, self.local_epochs(self.dispatch), "train")
 
     def run_epochs(self, optimizer, epochs, label):
-        """`epochs` passes over the client's shuffled batches; returns the mean loss of the last epoch."""
+        """`epochs` passes over the client's shuffled batches; returns the mean loss of the last epoch.
+
+        With BatchNorm layers a last batch of one sample joins the batch before it: BatchNorm cannot normalise a
+        single value per channel (and one sample's own statistics say nothing of the data), while merging keeps
+        every sample in every epoch.
+        """
         generator = client_generator(self.dispatch.meta, self.cid, label)
+        min_last = 2 if has_batch_norm(self.model) else 1
         loss_sum, seen = 0.0, 0
         for epoch in epoch_bar(epochs, f"{self.cid} {label}"):
             loss_sum, seen = 0.0, 0
             for batch_index, (x, y) in enumerate(self.train_data.batches(self.cid, self.conf.batch_size, generator,
-                                                                           self.device)):
+                                                                           self.device, min_last)):
                 optimizer.zero_grad(set_to_none=True)
                 loss = self.train_batch(x, y, epoch, batch_index)
                 loss.backward()
@@ -122,17 +130,5 @@ class FederatedClient(BaseClient):
         model = self.personalised_model(dispatch)
         model.eval()
         with torch.no_grad():
-            return self.measure(model, splits)
-
-    def measure(self, model, splits):
-        result = {}
-        for split in splits:
-            data = self.test_data if split == "test" else self.train_data
-            correct, loss, total = 0, 0.0, 0
-            for x, y in data.batches(self.cid, self.conf.test_batch_size, None, self.device):
-                logits = model(x)
-                loss += F.cross_entropy(logits, y, reduction="sum").item()
-                correct += (logits.argmax(1) == y).sum().item()
-                total += len(y)
-            result[f"{split}_correct"], result[f"{split}_loss"], result[f"{split}_total"] = correct, loss, total
-        return result
+            return measure(model, {"test": self.test_data, "train": self.train_data}, self.cid, splits,
+                           self.conf.test_batch_size, self.device)

@@ -2,17 +2,20 @@
 
 One round: seeded selection -> this rank's share of the clients -> `dispatch_for(cid)` -> client round ->
 uploads gathered from all ranks -> `aggregate(uploads)`. Every `test_every` rounds each client's personalised
-model is evaluated on its own test split. Algorithms override `personal_keys`, `dispatch_for`, `aggregate`
+model (test_mode=test_in_client) or the global model (test_in_server) is evaluated on each client's test split. Algorithms override `personal_keys`, `dispatch_for`, `aggregate`
 and `round_meta`; the maths they call lives in `fedcmd_plugin.aggregate`.
 """
 import time
+from dataclasses import asdict
 
 import numpy as np
+import torch
 from easyfl.server import BaseServer
 
 from fedcmd_plugin import aggregate as agg
+from fedcmd_plugin.errors import ConfigError
 from fedcmd_plugin.federation import distributed, progress
-from fedcmd_plugin.federation.evaluation import summarise_classification
+from fedcmd_plugin.federation.evaluation import measure, summarise_classification
 from fedcmd_plugin.federation.fleet import LocalFleet
 from fedcmd_plugin.federation.messages import Dispatch
 from fedcmd_plugin.federation.seeding import derived_seed
@@ -46,6 +49,7 @@ class FederatedServer(BaseServer):
                 fleet.close()
 
     def setup(self, model, clients):
+        self.check_test_mode()
         device = self.conf.device
         self.workspace = model.to(device)
         self.initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -54,6 +58,15 @@ class FederatedServer(BaseServer):
         self.last_evaluation = None
         self.selected_clients, self.stragglers = [], {}
         self.recorder.start(self.describe_run())
+
+    def check_test_mode(self):
+        from fedcmd_plugin.data import load_federated
+
+        conf = self.conf
+        if conf.test_mode == "test_in_server" and not (
+                self.has_global_model and load_federated(conf).info.task == "classification"):
+            raise ConfigError(f"test_mode=test_in_server tests one global classifier, which algorithm "
+                              f"{conf.algorithm!r} on {conf.data.dataset!r} does not have: use test_mode=test_in_client")
 
     def make_fleet(self, clients):
         """Local client objects (trained by worker processes when `parallel.workers` resolves to more than one),
@@ -73,12 +86,12 @@ class FederatedServer(BaseServer):
 
         data = load_federated(self.conf)
         self.log.info(data.summary)
-        return {"partition": data.client_rows, "summary": data.summary}
+        return {"partition": data.client_rows, "summary": data.summary, "data": asdict(data.info)}
 
     def finish(self):
-        self.recorder.finish(self.final_states(), self.last_evaluation)
+        self.recorder.finish(self.model_states(), self.last_evaluation)
 
-    def final_states(self):
+    def model_states(self):
         """Checkpoints: the global model (when the algorithm has one) and every client's personalised state."""
         states = {}
         if self.has_global_model:
@@ -147,8 +160,11 @@ class FederatedServer(BaseServer):
     def selection(self, clients=None, clients_per_round=None):
         """Seeded by (seed, round) only, so every rank and every mode selects the same clients."""
         rng = np.random.default_rng(derived_seed(self.conf.seed, self._current_round, "selection"))
-        chosen = rng.choice(len(self.client_order), self.clients_per_round(), replace=False)
-        self.selected_clients = [self.client_order[i] for i in sorted(chosen)]
+        if self.conf.server.random_selection:
+            chosen = sorted(rng.choice(len(self.client_order), self.clients_per_round(), replace=False))
+        else:
+            chosen = range(self.clients_per_round())
+        self.selected_clients = [self.client_order[i] for i in chosen]
         self.choose_stragglers(rng)
         return self.selected_clients
 
@@ -185,9 +201,14 @@ class FederatedServer(BaseServer):
 
     def post_train(self):
         self.round_seconds = time.time() - self.round_started
-        images = sum(int(u.meta.get("images", 0)) for u in self.round_uploads)
-        self.recorder.log_round(self._current_round, {"round_seconds": self.round_seconds, "images": images,
-                                                      "clients": len(self.round_uploads)})
+        uploads = self.round_uploads
+        values = {"round_seconds": self.round_seconds, "images": sum(int(u.meta.get("images", 0)) for u in uploads),
+                  "clients": len(uploads)}
+        trained = [u for u in uploads if "train_loss" in u.meta]
+        if trained:  # the mean loss per training sample over the round's last local epochs
+            values["train_loss"] = float(np.average([u.meta["train_loss"] for u in trained],
+                                                    weights=[u.num_samples for u in trained]))
+        self.recorder.log_round(self._current_round, values)
         self.bar.update(1)
 
     # ----- evaluation -----------------------------------------------------------------------------------------
@@ -207,21 +228,37 @@ class FederatedServer(BaseServer):
         if not splits:
             return
         mine = distributed.shard(self.evaluation_clients(), self.rank, self.world)
-        results = self.fleet.evaluate({cid: self.dispatch_for(cid) for cid in mine}, splits)
-        results = sorted(distributed.gather_json(results), key=lambda r: r["cid"])
+        results = sorted(distributed.gather_json(self.evaluate_clients(mine, splits)), key=lambda r: r["cid"])
         summary = self.summarise_evaluation(results)
         self.last_evaluation = {"round": self._current_round, "summary": summary, "clients": results}
         self.recorder.log_evaluation(self._current_round, summary, results)
         self.bar.set_postfix_str(self.recorder.headline(summary), refresh=False)
 
+    def evaluate_clients(self, cids, splits):
+        """Results per client: its personalised model (test_in_client) or the global model (test_in_server)."""
+        if self.conf.test_mode == "test_in_client":
+            return self.fleet.evaluate({cid: self.dispatch_for(cid) for cid in cids}, splits)
+        from fedcmd_plugin.data import load_federated
+
+        data = load_federated(self.conf)
+        self._model.eval()
+        with torch.no_grad():
+            return [{"cid": cid, **measure(self._model, {"test": data.test, "train": data.train}, cid, splits,
+                                           self.conf.server.batch_size, self.conf.device)} for cid in cids]
+
     def summarise_evaluation(self, results):
-        summary = summarise_classification(results)
-        if self.has_global_model and "accuracy" in summary and not self.finetune_epochs():
-            summary["global_accuracy"] = summary["accuracy"]  # one model for all: the same weighted accuracy
+        summary = summarise_classification(results, method=self.conf.test_method)
+        one_model = self.conf.test_mode == "test_in_server" or not self.finetune_epochs()
+        if self.has_global_model and "accuracy" in summary and one_model:
+            summary["global_accuracy"] = summary["accuracy"]  # one model for all clients
         return summary
 
     def save_model(self):
-        """Checkpoints are written once, at the end of the run (see `final_states`)."""
+        """Every `server.save_model_every` rounds before the last, the models go to checkpoints/round_N/; the
+        final ones are written at the end of the run."""
+        every, done = self.conf.server.save_model_every, self._current_round + 1
+        if every and done % every == 0 and done < self.conf.server.rounds:
+            self.recorder.save_checkpoints(self.model_states(), f"round_{done}")
 
     def track_test_results(self, results):
         """Metrics go to the run folder (fedcmd_plugin.tracking), not EasyFL's tracker."""

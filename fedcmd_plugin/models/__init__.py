@@ -4,6 +4,8 @@ The registry is open so other modules (e.g. the ReID backbones) add their models
 """
 from functools import partial
 
+from torch import nn
+
 from fedcmd_plugin.errors import ConfigError
 from fedcmd_plugin.models.blocks import BlockNet
 from fedcmd_plugin.models.cnn import SmallCNN
@@ -23,6 +25,11 @@ def register_model_builder(name, fn):
     MODELS[name] = fn
 
 
+def has_batch_norm(model):
+    """Whether `model` normalises by batch statistics (such layers need two or more samples per batch)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 def build_model(name, in_channels, num_classes, image_size):
     """The model registered as `name`; an unknown name is a ConfigError naming the `model` key."""
     if name not in MODELS:
@@ -30,4 +37,4 @@ def build_model(name, in_channels, num_classes, image_size):
     return MODELS[name](in_channels=in_channels, num_classes=num_classes, image_size=image_size)
 
 
-__all__ = ["BlockNet", "LeNet5", "SmallCNN", "MODELS", "build_model", "register_model_builder"]
+__all__ = ["BlockNet", "LeNet5", "SmallCNN", "MODELS", "build_model", "has_batch_norm", "register_model_builder"]

@@ -46,14 +46,15 @@ def panels(path, title, count, size=(6, 4.5)):
         plt.close(fig)
 
 
-def accuracy_per_round(rows, path, title):
-    """Weighted personalised accuracy per evaluated round, with the per-client min-max band."""
+def accuracy_per_round(rows, path, title, method):
+    """The headline accuracy (averaged by `method`, EasyFL's test_method) per evaluated round, with the mean
+    over clients and the per-client min-max band."""
     rows = [r for r in rows if "accuracy" in r]
     if not rows:
         return None
     rounds = [r["round"] for r in rows]
     with figure(path, title, "round", "accuracy (%)") as (_, ax):
-        ax.plot(rounds, [r["accuracy"] for r in rows], marker="o", label="personalised (sample-weighted)")
+        ax.plot(rounds, [r["accuracy"] for r in rows], marker="o", label=f"accuracy ({method})")
         ax.plot(rounds, [r["accuracy_mean"] for r in rows], linestyle="--", label="mean over clients")
         ax.fill_between(rounds, [r["accuracy_min"] for r in rows], [r["accuracy_max"] for r in rows], alpha=0.15,
                         label="client min-max")

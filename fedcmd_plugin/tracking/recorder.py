@@ -35,6 +35,7 @@ class Recorder:
         self.client_rows = []  # per evaluation and client
         self.writer = None
         self.notes = {}  # algorithm facts for summary.json (e.g. FedCMD's chosen layer)
+        self.data_info = None  # the data's shape, which rebuilds the model from checkpoints (load_run)
         self.started = time.time()
         self.log = logger()
 
@@ -47,6 +48,7 @@ class Recorder:
         self.folder = unique_folder(conf.output.root, name)
         files.write_json(self.folder / "status.json", {"state": "running", "started": time.ctime()})
         files.write_text(self.folder / "config.yaml", to_yaml(conf))
+        self.data_info = info.get("data")
         if info.get("partition"):
             files.write_csv(self.folder / "partition.csv", info["partition"])
         if conf.output.tensorboard:
@@ -57,24 +59,29 @@ class Recorder:
         _last_run.clear()
         _last_run["folder"] = self.folder
 
+    def save_checkpoints(self, states, subfolder=""):
+        """{name: state} as checkpoints/[subfolder/]<name>.pt (when output.save_model is on)."""
+        if self.primary and self.conf.output.save_model:
+            for name, state in states.items():
+                files.save_torch(self.folder / "checkpoints" / subfolder / f"{name}.pt", state)
+
     def finish(self, states, last_evaluation):
         if not self.primary:
             return
         conf = self.conf
-        if conf.output.save_model and states:
-            for name, state in states.items():
-                files.save_torch(self.folder / "checkpoints" / f"{name}.pt", state)
+        self.save_checkpoints(states)
         self.write_metrics()
         final = last_evaluation["summary"] if last_evaluation else {}
         if conf.output.save_fig:
             title = f"{conf.algorithm} on {conf.data.dataset}"
-            plots.accuracy_per_round(self.metric_rows(), self.plot_path("accuracy"), title)
+            plots.accuracy_per_round(self.metric_rows(), self.plot_path("accuracy"), title, conf.test_method)
             if last_evaluation:
                 accs = [r["test_accuracy"] for r in last_evaluation["clients"] if "test_accuracy" in r]
                 plots.client_distribution(accs, self.plot_path("client_accuracy"), title)
         summary = {"algorithm": conf.algorithm, "dataset": conf.data.dataset, "rounds": conf.server.rounds,
                    "final": final, "seconds": time.time() - self.started,
-                   "seconds_per_round": self.seconds_per_round(), "folder": str(self.folder), **self.notes}
+                   "seconds_per_round": self.seconds_per_round(), "folder": str(self.folder), "data": self.data_info,
+                   **self.notes}
         files.write_json(self.folder / "summary.json", summary)
         if self.writer:
             self.writer.close()
@@ -133,12 +140,11 @@ class Recorder:
         if self.client_rows:
             files.write_csv(self.folder / "clients.csv", self.client_rows)
 
-    @staticmethod
-    def headline(summary):
+    def headline(self, summary):
         if "accuracy" in summary:
-            text = (f"personalised accuracy {summary['accuracy']:.2f}% (clients {summary['accuracy_mean']:.1f} "
+            model = "global" if self.conf.test_mode == "test_in_server" else "personalised"
+            return (f"{model} accuracy {summary['accuracy']:.2f}% (clients {summary['accuracy_mean']:.1f} "
                     f"± {summary['accuracy_std']:.1f}, min {summary['accuracy_min']:.1f})")
-            return text
         parts = [f"{k} {v:.2f}" for k, v in summary.items() if isinstance(v, float)][:4]
         return ", ".join(parts)
 

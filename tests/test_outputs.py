@@ -1,0 +1,97 @@
+"""What a run leaves behind: files only in its run folder and data.root, metrics that mean what they say, and
+run folders read back (load_run, `fedcmd-plugin compare`)."""
+import csv
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import fedcmd_plugin
+from fedcmd_plugin.cli import main, run_experiment
+from fedcmd_plugin.data import load_federated
+from fedcmd_plugin.models import build_model
+
+from conftest import CONFIGS
+
+FAST = ["server.rounds=1", "data.num_of_clients=6", "server.clients_per_round=3", "client.local_epoch=1",
+        "num_threads=1"]
+
+
+def test_a_run_writes_nothing_outside_its_run_folder_and_data_root(run_cli, tmp_run_dir):
+    before = set(tmp_run_dir.path.iterdir())
+    result = run_cli("run", CONFIGS / "fedavg_digits.yaml", *FAST, *tmp_run_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert set(tmp_run_dir.path.iterdir()) - before == {tmp_run_dir.output_root, tmp_run_dir.data_root}
+
+
+def read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def lenet(data):
+    return build_model("lenet5", data.info.in_channels, data.info.num_classes, data.info.image_size)
+
+
+def test_train_loss_is_the_mean_loss_per_training_sample(small_digits_config):
+    """With a zero step size the model never moves, so each round's training loss is the initial model's mean
+    cross-entropy over every training sample of the round's clients (here: all of them)."""
+    conf = small_digits_config(client__optimizer__lr=0.0, server__clients_per_round=10)
+    folder = run_experiment(conf)["folder"]
+    data = load_federated(conf)
+    model = lenet(data)
+    model.load_state_dict(torch.load(folder / "checkpoints" / "global.pt", weights_only=True))
+    with torch.no_grad():
+        total = sum(F.cross_entropy(model(x), y, reduction="sum").item()
+                    for x, y in (data.train.tensors(cid) for cid in data.train.users))
+    expected = total / data.train.total_size()
+    rows = read_csv(folder / "metrics.csv")
+    assert [float(r["train_loss"]) for r in rows] == pytest.approx([expected] * 2, rel=1e-5)
+    events = EventAccumulator(str(folder / "tensorboard"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("round/train_loss")] == pytest.approx([expected] * 2, rel=1e-5)
+
+
+def test_load_run_gives_the_models_the_run_evaluated(small_digits_config):
+    """Accuracy of load_run's models on each client's test split = clients.csv's last evaluation."""
+    for algorithm, clients_keep_layers in (("fedavg", False), ("fedper", True)):
+        conf = small_digits_config(algorithm=algorithm)
+        run = fedcmd_plugin.load_run(run_experiment(conf)["folder"])
+        assert run.config.algorithm == algorithm and [m["round"] for m in run.metrics] == [1, 2]
+        data = load_federated(run.config)
+        last = {r["cid"]: float(r["test_accuracy"]) for r in read_csv(run.folder / "clients.csv") if r["round"] == "2"}
+        assert sorted(last) == run.clients
+        for cid, accuracy in last.items():
+            x, y = data.test.tensors(cid)
+            with torch.no_grad():
+                mine = 100.0 * (run.model(cid)(x).argmax(1) == y).float().mean().item()
+            assert mine == pytest.approx(accuracy), (algorithm, cid)
+        if clients_keep_layers:
+            with pytest.raises(fedcmd_plugin.PluginError, match="no global model"):
+                run.model()
+        else:
+            assert torch.equal(run.model()(x), run.model(cid)(x))
+
+
+def test_compare_puts_runs_side_by_side(small_digits_config, tmp_run_dir, capsys):
+    folders = [run_experiment(small_digits_config(algorithm=a, server__rounds=r))["folder"]
+               for a, r in (("fedavg", 2), ("local", 1))]
+    plot = tmp_run_dir.path / "compare.png"
+    assert main(["compare", *map(str, folders), "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    for folder, algorithm, rounds in zip(folders, ("fedavg", "local"), (2, 1)):
+        summary = json.loads((folder / "summary.json").read_text())
+        (line,) = [line for line in out.splitlines() if line.startswith(folder.name)]
+        assert algorithm in line and f"{summary['final']['accuracy']:6.2f}%" in line
+        assert line.split()[-3] == str(rounds) and line.split()[-1] == "-"  # rounds, (s/round), no FedCMD layer
+    assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_compare_refuses_an_unfinished_folder(tmp_run_dir):
+    folder = tmp_run_dir.path / "half"
+    folder.mkdir()
+    (folder / "status.json").write_text('{"state": "running"}')
+    with pytest.raises(fedcmd_plugin.PluginError, match="not complete"):
+        fedcmd_plugin.load_run(folder)
