@@ -36,6 +36,7 @@ NULLABLE_TYPES = {
 EXTRA_TYPES = {"output.progress": (str, bool)}
 CHOICES = {
     "data.split_type": ("iid", "dir", "class"),
+    "data.emnist_split": ("byclass", "bymerge", "balanced", "letters", "digits", "mnist"),
     "test_method": ("weighted", "average"),
     "client.optimizer.type": ("SGD", "Adam"),
     "distributed.backend": ("auto", "gloo", "nccl"),

@@ -1,4 +1,5 @@
-"""Local data readers: the embedded digits, Fashion-MNIST's IDX files, and CIFAR-10 in torchvision's layout."""
+"""Local data readers: the embedded digits, Fashion-MNIST's IDX files, CIFAR-10 in torchvision's layout, and
+EMNIST, SVHN, CINIC-10 and FEMNIST from small files written in their exact on-disk formats."""
 import gzip
 import pickle
 import struct
@@ -192,3 +193,104 @@ def test_decoded_arrays_are_cached_and_refreshed_when_the_source_changes(tmp_pat
     write_idx_set(folder, images[::-1].copy(), np.array([3, 2, 1, 0], dtype=np.uint8))
     changed = load_images("mnist", folder, tmp_path / "cache")
     np.testing.assert_array_equal(changed.labels[:4], [3, 2, 1, 0])
+
+
+# ----------------------------------------------------------------------------------------------- EMNIST
+
+# The EMNIST paper's class counts per split; letters come labelled 1..26 and are read as 0..25.
+EMNIST_SPLIT_CLASSES = {"byclass": 62, "bymerge": 47, "balanced": 47, "letters": 26, "digits": 10, "mnist": 10}
+
+
+def glyph_f():
+    """An upright 28x28 'F': asymmetric under transposition, so a reader that forgets to turn EMNIST's stored
+    images back shows it."""
+    image = np.zeros((28, 28), dtype=np.uint8)
+    image[4:24, 6:9] = 255  # the stem, on the left
+    image[4:7, 6:22] = 255  # the top bar
+    image[12:15, 6:18] = 200  # the middle bar
+    return image
+
+
+def write_emnist(folder, split, upright, labels, compress=True):
+    """EMNIST's four IDX files of `split`; like NIST's files they hold every image transposed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stored = np.ascontiguousarray(np.asarray(upright).transpose(0, 2, 1))
+    half = len(labels) // 2
+    suffix = ".gz" if compress else ""
+    for part, rows in (("train", slice(0, half)), ("test", slice(half, None))):
+        write_idx(folder / f"emnist-{split}-{part}-images-idx3-ubyte{suffix}", stored[rows], compress)
+        write_idx(folder / f"emnist-{split}-{part}-labels-idx1-ubyte{suffix}", np.asarray(labels)[rows], compress)
+
+
+def emnist_samples(count, seed=5):
+    rng = np.random.default_rng(seed)
+    upright = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
+    upright[0] = glyph_f()
+    return upright
+
+
+@pytest.mark.parametrize("layout", ["gz_folder", "torchvision_raw"])
+def test_emnist_letters_upright_and_relabelled(tmp_path, layout):
+    upright = emnist_samples(6)
+    stored_labels = np.array([1, 26, 3, 4, 5, 2])  # letters: a = 1 ... z = 26
+    if layout == "gz_folder":
+        write_emnist(tmp_path / "gzip", "letters", upright, stored_labels)
+        path = tmp_path / "gzip"
+    else:  # torchvision keeps the gunzipped files in <root>/EMNIST/raw
+        write_emnist(tmp_path / "EMNIST" / "raw", "letters", upright, stored_labels, compress=False)
+        path = tmp_path
+    data = load_images("emnist", str(path), split="letters")
+    assert data.images.shape == (6, 1, 28, 28) and data.num_classes == 26
+    np.testing.assert_array_equal(data.labels, [0, 25, 2, 3, 4, 1])
+    assert_affine_per_channel(data.images, upright)  # upright, in file order (train first, then test)
+    f = data.images[0, 0]
+    assert f[5, 20] > f[20, 5]  # the top bar reaches right; nothing reaches down there but the stem
+
+
+@pytest.mark.parametrize("split", sorted(EMNIST_SPLIT_CLASSES))
+def test_emnist_classes_follow_the_split(tmp_path, split):
+    classes = EMNIST_SPLIT_CLASSES[split]
+    first = 1 if split == "letters" else 0
+    labels = np.array([first, first + classes - 1, first, first + 1])
+    write_emnist(tmp_path, split, emnist_samples(4), labels)
+    data = load_images("emnist", str(tmp_path), split=split)
+    assert data.num_classes == classes
+    np.testing.assert_array_equal(data.labels, labels - first)
+
+
+def test_emnist_labels_outside_the_split_name_the_folder(tmp_path):
+    write_emnist(tmp_path, "digits", emnist_samples(4), np.array([0, 1, 10, 2]))  # no digit 10
+    with pytest.raises(DataError, match=r"EMNIST digits.*0\.\.9"):
+        load_images("emnist", str(tmp_path), split="digits")
+
+
+def test_emnist_missing_folder_or_file_names_the_layout(tmp_path):
+    with pytest.raises(DataError) as caught:
+        load_images("emnist", str(tmp_path / "nowhere"), split="byclass")
+    message = str(caught.value)
+    assert "nowhere" in message and "emnist-byclass-train-images-idx3-ubyte.gz" in message
+    assert "emnist-byclass-test-labels-idx1-ubyte.gz" in message
+    write_emnist(tmp_path, "mnist", emnist_samples(4), np.array([0, 1, 2, 3]))
+    (tmp_path / "emnist-mnist-test-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match=r"lacks emnist-mnist-test-labels-idx1-ubyte\.gz;"):
+        load_images("emnist", str(tmp_path), split="mnist")
+    with pytest.raises(DataError, match="data.path"):
+        load_images("emnist", None, split="mnist")
+
+
+def test_emnist_split_is_a_checked_config_key():
+    from fedcmd_plugin import ConfigError, load_config
+
+    assert load_config(None).data.emnist_split == "balanced"
+    with pytest.raises(ConfigError, match="'data.emnist_split'.*byclass, bymerge, balanced, letters, digits, mnist"):
+        load_config(None, ["data.emnist_split=bycolour"])
+
+
+def test_emnist_splits_are_cached_apart(tmp_path):
+    write_emnist(tmp_path / "raw", "digits", emnist_samples(4), np.array([0, 1, 2, 3]))
+    write_emnist(tmp_path / "raw", "mnist", emnist_samples(4, seed=6), np.array([3, 2, 1, 0]))
+    digits = load_images("emnist", tmp_path / "raw", tmp_path / "cache", split="digits")
+    mnist = load_images("emnist", tmp_path / "raw", tmp_path / "cache", split="mnist")
+    np.testing.assert_array_equal(digits.labels, [0, 1, 2, 3])
+    np.testing.assert_array_equal(mnist.labels, [3, 2, 1, 0])
+    assert len(list((tmp_path / "cache").iterdir())) == 2

@@ -17,7 +17,7 @@ import torch
 from easyfl.datasets import FederatedDataset
 
 from fedcmd_plugin.data.partition import label_histograms, make_partition
-from fedcmd_plugin.data.sources import load_images
+from fedcmd_plugin.data.sources import READER_OPTIONS, READERS, load_images
 from fedcmd_plugin.errors import DataError
 
 PARTITION_FORMAT = 3  # bump when the partition algorithm changes so old caches are not reused
@@ -109,10 +109,16 @@ class ClientTensors(ClientDataset):
         return list(self.batches(client_id, batch_size, generator))
 
 
+def reader_options(conf):
+    """The keyword arguments the data set's reader takes from data.* keys (e.g. EMNIST's split)."""
+    return {arg: conf.data[key] for arg, key in READER_OPTIONS.get(conf.data.dataset, {}).items()}
+
+
 def partition_key(conf, num_samples):
     d = conf.data
-    fields = [PARTITION_FORMAT, d.dataset, str(d.path), d.split_type, d.num_of_clients, float(d.alpha), d.balanced,
-              d.min_size, d.class_per_client, float(d.train_test_split), conf.seed, num_samples]
+    fields = [PARTITION_FORMAT, d.dataset, str(d.path), reader_options(conf), d.split_type, d.num_of_clients,
+              float(d.alpha), d.balanced, d.min_size, d.class_per_client, float(d.train_test_split), conf.seed,
+              num_samples]
     return hashlib.sha1(json.dumps(fields).encode()).hexdigest()[:16]
 
 
@@ -169,7 +175,7 @@ def summarise(name, labels, parts, ids, num_classes):
 
 def build_image_classification(conf):
     cache = Path(conf.data.root) / "decoded" if conf.data.cache else None
-    arrays = load_images(conf.data.dataset, conf.data.path, cache)
+    arrays = load_images(conf.data.dataset, conf.data.path, cache, **reader_options(conf))
     parts = cached_partition(conf, arrays.labels)
     ids = client_ids(len(parts))
     empty = [cid for cid, (train, _) in zip(ids, parts) if len(train) == 0]
@@ -183,7 +189,7 @@ def build_image_classification(conf):
     return FederatedData(train, test, DataInfo(channels, height, arrays.num_classes), summary, rows)
 
 
-BUILDERS = {name: build_image_classification for name in ("digits", "fmnist", "mnist", "cifar10", "cifar100")}
+BUILDERS = {name: build_image_classification for name in READERS}
 
 
 def register_data(name, builder):

@@ -79,18 +79,39 @@ def read_idx(path):
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def load_idx_pair(folder, name, package_hint):
-    folder = Path(folder)
+def require_files(path, name, entries, layout):
+    """data.path as the folder of data set `name` holding every one of `entries` (files or folders); the errors
+    name the folder and the expected `layout`."""
+    if path is None:
+        raise DataError(f"data.path must name the {name} folder; {layout}")
+    folder = Path(path)
     if not folder.is_dir():
-        raise DataError(f"{name} folder {folder} does not exist; {package_hint}")
-    missing = [f for f in IDX_FILES.values() if not (folder / f).is_file()]
+        raise DataError(f"{name} folder {folder} does not exist; {layout}")
+    missing = [e for e in entries if not (folder / e).exists()]
     if missing:
-        raise DataError(f"{name} folder {folder} lacks {', '.join(missing)}; {package_hint}")
-    images = np.concatenate([read_idx(folder / IDX_FILES["train_images"]), read_idx(folder / IDX_FILES["test_images"])])
-    labels = np.concatenate([read_idx(folder / IDX_FILES["train_labels"]), read_idx(folder / IDX_FILES["test_labels"])])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise DataError(f"{name} folder {folder} lacks {', '.join(missing[:5])}{more}; {layout}")
+    return folder
+
+
+def check_labels(labels, num_classes, source):
+    """Labels outside 0..num_classes-1 would fail deep inside training: name the source instead."""
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DataError(f"{source}: labels must lie in 0..{num_classes - 1}, found {labels.min()}..{labels.max()}")
+
+
+def read_idx_set(folder, files, name):
+    """The pooled (images, labels) of the IDX `files` (train_images, ... -> file name) in `folder`."""
+    images = np.concatenate([read_idx(folder / files["train_images"]), read_idx(folder / files["test_images"])])
+    labels = np.concatenate([read_idx(folder / files["train_labels"]), read_idx(folder / files["test_labels"])])
     if len(images) != len(labels):
         raise DataError(f"{name} folder {folder}: {len(images)} images but {len(labels)} labels")
-    return standardise(images, labels, 10)
+    return images, labels
+
+
+def load_idx_pair(folder, name, package_hint):
+    folder = require_files(folder, name, IDX_FILES.values(), package_hint)
+    return standardise(*read_idx_set(folder, IDX_FILES, name), 10)
 
 
 def load_fmnist(path=None):
@@ -108,6 +129,34 @@ def load_mnist(path=None):
     if (folder / "MNIST" / "raw").is_dir():
         folder = folder / "MNIST" / "raw"
     return load_idx_pair(folder, "MNIST", "put the four IDX .gz files there (torchvision's MNIST/raw layout works)")
+
+
+EMNIST_CLASSES = {"byclass": 62, "bymerge": 47, "balanced": 47, "letters": 26, "digits": 10, "mnist": 10}
+EMNIST_LABEL_OFFSET = {"letters": 1}  # letters are labelled 1..26
+EMNIST_PARTS = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
+                "test_images": "test-images-idx3-ubyte", "test_labels": "test-labels-idx1-ubyte"}
+
+
+def load_emnist(path=None, split="balanced"):
+    """EMNIST's `split` (data.emnist_split) from its four IDX files in data.path or torchvision's EMNIST/raw.
+
+    NIST's gzip.zip holds the files gzipped, torchvision's EMNIST/raw gunzipped: either is read. EMNIST stores
+    every image transposed relative to MNIST, so images are transposed back to upright.
+    """
+    stems = {key: f"emnist-{split}-{part}" for key, part in EMNIST_PARTS.items()}
+    layout = (f"expected {', '.join(f'{stem}.gz' for stem in stems.values())} (NIST's gzip.zip; gunzipped, as in "
+              "torchvision's EMNIST/raw, works too)")
+    if path is None:
+        raise DataError(f"data.path must name the EMNIST folder; {layout}")
+    folder = Path(path)
+    if (folder / "EMNIST" / "raw").is_dir():
+        folder = folder / "EMNIST" / "raw"
+    files = {key: stem if (folder / stem).is_file() else f"{stem}.gz" for key, stem in stems.items()}
+    require_files(folder, "EMNIST", files.values(), layout)
+    images, labels = read_idx_set(folder, files, "EMNIST")
+    labels = labels.astype(np.int64) - EMNIST_LABEL_OFFSET.get(split, 0)
+    check_labels(labels, EMNIST_CLASSES[split], f"EMNIST {split} in {folder}")
+    return standardise(images.transpose(0, 2, 1), labels, EMNIST_CLASSES[split])
 
 
 def load_cifar(path, version):
@@ -148,20 +197,23 @@ READERS = {
     "digits": load_digits,
     "fmnist": load_fmnist,
     "mnist": load_mnist,
+    "emnist": load_emnist,
     "cifar10": load_cifar10,
     "cifar100": load_cifar100,
 }
+READER_OPTIONS = {"emnist": {"split": "emnist_split"}}  # a reader's keyword arguments -> the data.* keys they come from
 
 
 CACHE_FORMAT = 1  # bump when readers or standardisation change
 UNCACHED = {"digits"}  # bundled with scikit-learn and decoded in milliseconds
 
 
-def load_images(name, path=None, cache_dir=None):
-    """The pooled samples of data set `name`, read from `path` (or the data set's standard location).
+def load_images(name, path=None, cache_dir=None, **options):
+    """The pooled samples of data set `name`, read from `path` (or the data set's standard location); `options`
+    go to its reader (READER_OPTIONS).
 
-    With `cache_dir`, the decoded, standardised arrays are kept there as .npy files (keyed by the source files'
-    names, sizes and modification times), so later runs skip decompressing and decoding.
+    With `cache_dir`, the decoded, standardised arrays are kept there as .npy files (keyed by the options and the
+    source files' names, sizes and modification times), so later runs skip decompressing and decoding.
     """
     try:
         reader = READERS[name]
@@ -169,22 +221,22 @@ def load_images(name, path=None, cache_dir=None):
         raise DataError(f"data.dataset {name!r} is not an image-classification data set; known: "
                         f"{', '.join(READERS)}") from None
     if cache_dir is None or name in UNCACHED:
-        return reader(path)
-    folder = Path(cache_dir) / f"{name}-{source_key(name, path)}"
+        return reader(path, **options)
+    folder = Path(cache_dir) / f"{name}-{source_key(name, path, options)}"
     try:
         meta = json.loads((folder / "meta.json").read_text())
         return ImageArrays(np.load(folder / "images.npy"), np.load(folder / "labels.npy"), meta["num_classes"])
     except (OSError, ValueError, KeyError):
         pass  # no cache yet (or an unreadable one): decode and write it
-    arrays = reader(path)
+    arrays = reader(path, **options)
     write_cache(folder, arrays)
     return arrays
 
 
-def source_key(name, path):
+def source_key(name, path, options):
     folder = Path(path or (FMNIST_DIR if name == "fmnist" else "."))
     files = sorted(folder.rglob("*")) if folder.is_dir() else []
-    stamp = [CACHE_FORMAT, name, str(folder.resolve())] + [
+    stamp = [CACHE_FORMAT, name, str(folder.resolve()), options] + [
         [str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()]
     return hashlib.sha1(json.dumps(stamp).encode()).hexdigest()[:16]
 
