@@ -294,3 +294,62 @@ def test_emnist_splits_are_cached_apart(tmp_path):
     np.testing.assert_array_equal(digits.labels, [0, 1, 2, 3])
     np.testing.assert_array_equal(mnist.labels, [3, 2, 1, 0])
     assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
+# ----------------------------------------------------------------------------------------------- SVHN
+
+
+def write_svhn(folder, per_file=3):
+    """torchvision's SVHN files: X is height x width x channel x sample, y an N x 1 column with 10 for zero."""
+    from scipy.io import savemat
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    upright, labels = [], []
+    for name, y in (("train_32x32.mat", [10, 1, 9]), ("test_32x32.mat", [5, 10, 2])):
+        images = rng.integers(0, 256, (per_file, 3, 32, 32), dtype=np.uint8)  # sample, channel, row, column
+        images[0, 0, :4, :] = 255  # a red band along the top of the first image: orientation is visible
+        images[0, 0, 4:, :] = 0
+        savemat(folder / name, {"X": images.transpose(2, 3, 1, 0), "y": np.array(y, dtype=np.uint8)[:, None]})
+        upright.append(images)
+        labels += y
+    return np.concatenate(upright), np.array(labels)
+
+
+def test_svhn_from_torchvision_mat_files(tmp_path):
+    upright, stored_labels = write_svhn(tmp_path)
+    data = load_images("svhn", str(tmp_path))
+    assert data.images.shape == (6, 3, 32, 32) and data.num_classes == 10
+    np.testing.assert_array_equal(data.labels, [0, 1, 9, 5, 0, 2])  # 10 is the digit 0
+    assert_affine_per_channel(data.images, upright)  # train file first, channels and rows in place
+    red = data.images[0, 0]
+    assert red[:4].min() > red[4:].max()
+
+
+def test_svhn_missing_file_or_folder_names_the_layout(tmp_path):
+    with pytest.raises(DataError, match=r"nowhere.*train_32x32\.mat and test_32x32\.mat"):
+        load_images("svhn", str(tmp_path / "nowhere"))
+    write_svhn(tmp_path)
+    (tmp_path / "test_32x32.mat").unlink()
+    with pytest.raises(DataError, match=r"lacks test_32x32\.mat;"):
+        load_images("svhn", str(tmp_path))
+
+
+@pytest.mark.parametrize("damage", ["short", "truncated", "random"])
+def test_svhn_unreadable_mat_names_the_file(tmp_path, damage):
+    write_svhn(tmp_path)
+    file = tmp_path / "train_32x32.mat"
+    raw = file.read_bytes()
+    file.write_bytes({"short": b"no MATLAB file", "truncated": raw[:len(raw) // 2],
+                      "random": np.random.default_rng(0).bytes(300)}[damage])
+    with pytest.raises(DataError, match="SVHN file .*train_32x32.mat cannot be read"):
+        load_images("svhn", str(tmp_path))
+
+
+def test_svhn_mat_of_the_wrong_shape_names_the_file(tmp_path):
+    from scipy.io import savemat
+
+    write_svhn(tmp_path)
+    savemat(tmp_path / "train_32x32.mat", {"X": np.zeros((28, 28, 1, 2), np.uint8), "y": np.ones((2, 1))})
+    with pytest.raises(DataError, match=r"train_32x32\.mat must hold X \(32 x 32 x 3 x N\)"):
+        load_images("svhn", str(tmp_path))

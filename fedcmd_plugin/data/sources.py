@@ -193,6 +193,38 @@ def load_cifar100(path=None):
     return load_cifar(path, 100)
 
 
+SVHN_FILES = ("train_32x32.mat", "test_32x32.mat")
+SVHN_ZERO = 10  # SVHN labels the digit 0 as 10
+
+
+def load_svhn(path=None):
+    """SVHN's cropped digits from torchvision's layout: data.path holds train_32x32.mat and test_32x32.mat.
+
+    Each file holds X (32 x 32 x 3 x N, height, width, channel, sample) and y (N labels).
+    """
+    from scipy.io import loadmat  # scipy's import costs start-up time only this data set needs
+    from scipy.io.matlab import MatReadError
+
+    layout = f"expected {' and '.join(SVHN_FILES)} (torchvision's SVHN layout)"
+    folder = require_files(path, "SVHN", SVHN_FILES, layout)
+    images, labels = [], []
+    for name in SVHN_FILES:
+        file = folder / name
+        try:
+            mat = loadmat(file, variable_names=("X", "y"))
+        except (OSError, ValueError, IndexError, NotImplementedError, MatReadError) as exc:  # scipy's ways to fail
+            raise DataError(f"SVHN file {file} cannot be read: {exc}") from None
+        x, y = mat.get("X"), mat.get("y")
+        if x is None or y is None or x.ndim != 4 or x.shape[:3] != (32, 32, 3) or y.size != x.shape[3]:
+            raise DataError(f"SVHN file {file} must hold X (32 x 32 x 3 x N) and y (N labels)")
+        images.append(x.transpose(3, 2, 0, 1))
+        labels.append(y.ravel().astype(np.int64))
+    labels = np.concatenate(labels)
+    labels[labels == SVHN_ZERO] = 0
+    check_labels(labels, 10, f"SVHN in {folder}")
+    return standardise(np.concatenate(images), labels, 10)
+
+
 READERS = {
     "digits": load_digits,
     "fmnist": load_fmnist,
@@ -200,6 +232,7 @@ READERS = {
     "emnist": load_emnist,
     "cifar10": load_cifar10,
     "cifar100": load_cifar100,
+    "svhn": load_svhn,
 }
 READER_OPTIONS = {"emnist": {"split": "emnist_split"}}  # a reader's keyword arguments -> the data.* keys they come from
 
