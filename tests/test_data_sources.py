@@ -353,3 +353,66 @@ def test_svhn_mat_of_the_wrong_shape_names_the_file(tmp_path):
     savemat(tmp_path / "train_32x32.mat", {"X": np.zeros((28, 28, 1, 2), np.uint8), "y": np.ones((2, 1))})
     with pytest.raises(DataError, match=r"train_32x32\.mat must hold X \(32 x 32 x 3 x N\)"):
         load_images("svhn", str(tmp_path))
+
+
+# ----------------------------------------------------------------------------------------------- CINIC-10
+
+# CINIC-10's class folders; labels follow CIFAR-10's order (airplane 0 ... truck 9).
+CINIC = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def write_cinic(root, classes=CINIC):
+    """root/{train,valid,test}/<class>/<name>.png; one PNG per class and split, one of them grey-scale."""
+    from PIL import Image
+
+    rng = np.random.default_rng(8)
+    expected = {}  # file -> (label, upright RGB pixels)
+    for split in ("train", "valid", "test"):
+        for label, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            file = folder / f"cifar10-{split}-{label}.png"
+            if split == "valid" and name == "cat":  # a grey-scale PNG, read as three equal channels
+                Image.fromarray(pixels[..., 0]).save(file)
+                pixels = np.repeat(pixels[..., :1], 3, axis=2)
+            else:
+                Image.fromarray(pixels).save(file)
+            expected[file] = (label, pixels)
+    return expected
+
+
+def test_cinic10_pools_the_three_splits(tmp_path):
+    expected = write_cinic(tmp_path)  # written split by split, class by class: the order the samples come in
+    data = load_images("cinic10", str(tmp_path))
+    assert data.images.shape == (30, 3, 32, 32) and data.num_classes == 10
+    np.testing.assert_array_equal(data.labels, [label for label, _ in expected.values()])
+    assert data.labels[list(expected).index(tmp_path / "valid" / "truck" / "cifar10-valid-9.png")] == 9
+    assert_affine_per_channel(data.images, np.stack([pixels.transpose(2, 0, 1) for _, pixels in expected.values()]))
+
+
+def test_cinic10_missing_folder_names_the_layout(tmp_path):
+    with pytest.raises(DataError) as caught:
+        load_images("cinic10", str(tmp_path / "nowhere"))
+    message = str(caught.value)
+    assert "nowhere" in message and "train/, valid/, test/" in message and "airplane" in message
+    write_cinic(tmp_path)
+    for png in (tmp_path / "test" / "ship").iterdir():
+        png.unlink()
+    (tmp_path / "test" / "ship").rmdir()
+    with pytest.raises(DataError, match=r"lacks test/ship;"):
+        load_images("cinic10", str(tmp_path))
+
+
+@pytest.mark.parametrize("damage", ["not_png", "wrong_size"])
+def test_cinic10_bad_image_names_the_file(tmp_path, damage):
+    from PIL import Image
+
+    write_cinic(tmp_path)
+    bad = tmp_path / "valid" / "frog" / "broken.png"
+    if damage == "not_png":
+        bad.write_bytes(b"\x89PNG but cut short")
+    else:
+        Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(bad)
+    with pytest.raises(DataError, match="broken.png"):
+        load_images("cinic10", str(tmp_path))

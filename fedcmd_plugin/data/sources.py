@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from fedcmd_plugin.errors import DataError
 
@@ -225,6 +226,36 @@ def load_svhn(path=None):
     return standardise(np.concatenate(images), labels, 10)
 
 
+CINIC_SPLITS = ("train", "valid", "test")
+CINIC_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")  # CIFAR-10's
+CINIC_SIDE = 32
+
+
+def load_cinic10(path=None):
+    """CINIC-10 from its extracted tree, data.path/{train,valid,test}/<class>/*.png, the three splits pooled.
+
+    Labels follow CIFAR-10's class order; every PNG is read as RGB, whatever mode it was saved in.
+    """
+    layout = (f"expected {', '.join(f'{s}/' for s in CINIC_SPLITS)} each with the class folders "
+              f"{', '.join(CINIC_CLASSES)} of {CINIC_SIDE}x{CINIC_SIDE} PNGs (the extracted CINIC-10.tar.gz)")
+    folder = require_files(path, "CINIC-10", [f"{s}/{c}" for s in CINIC_SPLITS for c in CINIC_CLASSES], layout)
+    files = [(png, label) for split in CINIC_SPLITS for label, name in enumerate(CINIC_CLASSES)
+             for png in sorted((folder / split / name).glob("*.png"))]
+    if not files:
+        raise DataError(f"CINIC-10 folder {folder} holds no PNG images; {layout}")
+    images = np.empty((len(files), 3, CINIC_SIDE, CINIC_SIDE), dtype=np.uint8)
+    for i, (png, _) in enumerate(files):
+        try:
+            with Image.open(png) as image:
+                pixels = np.asarray(image.convert("RGB"))
+        except (OSError, ValueError) as exc:
+            raise DataError(f"CINIC-10 image {png} cannot be read: {exc}") from None
+        if pixels.shape[:2] != (CINIC_SIDE, CINIC_SIDE):
+            raise DataError(f"CINIC-10 image {png} is {pixels.shape[1]}x{pixels.shape[0]} pixels; {layout}")
+        images[i] = pixels.transpose(2, 0, 1)
+    return standardise(images, [label for _, label in files], len(CINIC_CLASSES))
+
+
 READERS = {
     "digits": load_digits,
     "fmnist": load_fmnist,
@@ -233,6 +264,7 @@ READERS = {
     "cifar10": load_cifar10,
     "cifar100": load_cifar100,
     "svhn": load_svhn,
+    "cinic10": load_cinic10,
 }
 READER_OPTIONS = {"emnist": {"split": "emnist_split"}}  # a reader's keyword arguments -> the data.* keys they come from
 
