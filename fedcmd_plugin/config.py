@@ -35,7 +35,7 @@ NULLABLE_TYPES = {
 # Keys that accept more than their default's type.
 EXTRA_TYPES = {"output.progress": (str, bool)}
 CHOICES = {
-    "data.split_type": ("iid", "dir", "class"),
+    "data.split_type": ("iid", "dir", "class", "natural"),
     "data.emnist_split": ("byclass", "bymerge", "balanced", "letters", "digits", "mnist"),
     "test_method": ("weighted", "average"),
     "client.optimizer.type": ("SGD", "Adam"),

@@ -1,6 +1,7 @@
 """Local data readers: the embedded digits, Fashion-MNIST's IDX files, CIFAR-10 in torchvision's layout, and
 EMNIST, SVHN, CINIC-10 and FEMNIST from small files written in their exact on-disk formats."""
 import gzip
+import json
 import pickle
 import struct
 from pathlib import Path
@@ -416,3 +417,227 @@ def test_cinic10_bad_image_names_the_file(tmp_path, damage):
         Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(bad)
     with pytest.raises(DataError, match="broken.png"):
         load_images("cinic10", str(tmp_path))
+
+
+# ----------------------------------------------------------------------------------------------- FEMNIST (LEAF)
+
+
+def leaf_file(path, samples):
+    """One LEAF JSON file; `samples` maps each user to (uint8 images n x 28 x 28, labels)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tree = {"users": list(samples), "num_samples": [len(y) for _, y in samples.values()],
+            "user_data": {user: {"x": (images.reshape(len(y), -1) / 255.0).tolist(), "y": [int(v) for v in y]}
+                          for user, (images, y) in samples.items()}}
+    path.write_text(json.dumps(tree))
+
+
+def write_leaf(root, counts, seed=9):
+    """LEAF's sample-wise split: root/train/*.json and root/test/*.json, each writer in both, its first third in
+    test. Returns the pooled (images, labels, writer of each sample) in reading order: the train files, then test."""
+    rng = np.random.default_rng(seed)
+    data = {}
+    for i, (user, count) in enumerate(counts.items()):
+        images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
+        data[user] = (images, 7 * i + np.arange(count) % 3)  # labels tell writers apart
+    users = list(data)
+    test_rows = {user: slice(0, len(data[user][1]) // 3) for user in users}
+    train_rows = {user: slice(len(data[user][1]) // 3, None) for user in users}
+    files = [  # LEAF writes one file per batch of users: two train files here, one test file
+        (root / "train" / "all_data_0_niid_0_keep_0_train_9.json", users[:1], train_rows),
+        (root / "train" / "all_data_1_niid_0_keep_0_train_9.json", users[1:], train_rows),
+        (root / "test" / "all_data_0_niid_0_keep_0_test_9.json", users, test_rows),
+    ]
+    images, labels, writers = [], [], []
+    for path, members, rows in files:
+        samples = {user: (data[user][0][rows[user]], data[user][1][rows[user]]) for user in members}
+        leaf_file(path, samples)
+        for user, (x, y) in samples.items():
+            images.append(x)
+            labels.append(y)
+            writers += [user] * len(y)
+    return np.concatenate(images), np.concatenate(labels), writers
+
+
+WRITERS = {"f0003_41": 12, "f0127_09": 15, "f2011_77": 21}
+
+
+def test_femnist_reads_leaf_json_with_each_samples_writer(tmp_path):
+    images, labels, writers = write_leaf(tmp_path, WRITERS)
+    data = load_images("femnist", str(tmp_path))
+    assert data.images.shape == (48, 1, 28, 28) and data.num_classes == 62
+    np.testing.assert_array_equal(data.labels, labels)
+    assert [data.writer_names[w] for w in data.writers] == writers
+    assert_affine_per_channel(data.images, images)  # LEAF's rows are row-major upright images: kept as they are
+
+
+def test_femnist_missing_folder_or_split_names_the_layout(tmp_path):
+    with pytest.raises(DataError) as caught:
+        load_images("femnist", str(tmp_path / "nowhere"))
+    message = str(caught.value)
+    assert "nowhere" in message and "train/*.json and test/*.json" in message and "user_data" in message
+    leaf_file(tmp_path / "train" / "only.json", {"f0001_01": (np.zeros((2, 28, 28), np.uint8), [0, 1])})
+    with pytest.raises(DataError, match=r"lacks test/;.*train/\*\.json"):
+        load_images("femnist", str(tmp_path))
+    (tmp_path / "test").mkdir()
+    (tmp_path / "train" / "only.json").unlink()
+    with pytest.raises(DataError, match="no JSON files"):
+        load_images("femnist", str(tmp_path))
+
+
+@pytest.mark.parametrize("damage,expected", [
+    ("not_json", "cannot be read"),
+    ("no_user_data", "cannot be read"),
+    ("short_rows", "user f0001_01: expected 4 rows x of 784 values"),
+    ("bytes_not_fractions", "values in 0..1"),
+    ("count_mismatch", "user f0001_01: expected 3 rows"),
+    ("label_62", r"labels must lie in 0\.\.61"),
+])
+def test_femnist_malformed_json_names_the_file(tmp_path, damage, expected):
+    write_leaf(tmp_path, {"f0001_01": 6})
+    file = tmp_path / "train" / "all_data_0_niid_0_keep_0_train_9.json"
+    tree = json.loads(file.read_text())
+    sample = tree["user_data"]["f0001_01"]
+    if damage == "not_json":
+        file.write_text("{\"users\": [")
+    else:
+        if damage == "no_user_data":
+            del tree["user_data"]
+        elif damage == "short_rows":
+            sample["x"] = [row[:783] for row in sample["x"]]
+        elif damage == "bytes_not_fractions":
+            sample["x"][0] = [255.0] * 784
+        elif damage == "count_mismatch":
+            tree["num_samples"] = [3]
+        else:
+            sample["y"][0] = 62
+        file.write_text(json.dumps(tree))
+    with pytest.raises(DataError, match=expected) as caught:
+        load_images("femnist", str(tmp_path))
+    assert damage == "label_62" or file.name in str(caught.value)
+
+
+def test_femnist_writers_survive_the_cache_keyed_by_the_json_alone(tmp_path):
+    write_leaf(tmp_path, WRITERS)
+    first = load_images("femnist", tmp_path, tmp_path / "cache")
+    raw = tmp_path / "raw_data" / "by_write" / "hsf_0" / "f0003_41"  # LEAF keeps the source PNGs beside the JSON
+    raw.mkdir(parents=True)
+    (raw / "c0_00000.png").write_bytes(b"png")
+    again = load_images("femnist", tmp_path, tmp_path / "cache")
+    assert len(list((tmp_path / "cache").iterdir())) == 1  # the raw PNGs do not key the decoded arrays
+    np.testing.assert_array_equal(again.writers, first.writers)
+    assert again.writer_names == tuple(sorted(WRITERS))
+
+
+# ----------------------------------------------------------------------------------------------- federated views
+
+
+def data_config(tmp_path, dataset, path, *overrides):
+    from fedcmd_plugin import load_config
+
+    return load_config(None, [f"data.dataset={dataset}", f"data.path={path}", f"data.root={tmp_path / 'derived'}",
+                              "data.min_size=1", *overrides])
+
+
+def test_natural_partition_gives_each_writer_one_client(tmp_path):
+    from fedcmd_plugin.data import load_federated
+
+    _, labels, writers = write_leaf(tmp_path / "leaf", WRITERS)
+    conf = data_config(tmp_path, "femnist", tmp_path / "leaf", "data.split_type=natural", "data.num_of_clients=3")
+    data = load_federated(conf)
+    assert len(data.train.users) == 3 and data.info.num_classes == 62
+    assert [row["writer"] for row in data.client_rows] == sorted(WRITERS)
+    for cid, row in zip(data.train.users, data.client_rows):
+        mine = np.array([w == row["writer"] for w in writers])
+        held = np.concatenate([data.train.tensors(cid)[1].numpy(), data.test.tensors(cid)[1].numpy()])
+        np.testing.assert_array_equal(np.sort(held), np.sort(labels[mine]))  # all its samples, nobody else's
+        assert data.train.size(cid) == round(WRITERS[row["writer"]] * 0.5)  # data.train_test_split
+
+
+def test_natural_partition_draws_num_of_clients_writers_seeded(tmp_path):
+    from fedcmd_plugin.data import load_federated
+
+    many = {f"f{i:04d}_00": 4 + i for i in range(8)}
+    write_leaf(tmp_path / "leaf", many)
+    chosen = {}
+    for seed in (0, 0, 1):
+        conf = data_config(tmp_path, "femnist", tmp_path / "leaf", "data.split_type=natural",
+                           "data.num_of_clients=3", f"seed={seed}", "data.cache=false")
+        chosen.setdefault(seed, []).append([row["writer"] for row in load_federated(conf).client_rows])
+    assert chosen[0][0] == chosen[0][1] and len(set(chosen[0][0])) == 3 and set(chosen[0][0]) <= set(many)
+    assert chosen[0][0] == sorted(chosen[0][0])
+    assert chosen[1][0] != chosen[0][0]
+
+
+def test_natural_partition_refuses_more_clients_than_writers(tmp_path):
+    from fedcmd_plugin import ConfigError
+    from fedcmd_plugin.data import load_federated
+
+    write_leaf(tmp_path / "leaf", WRITERS)  # 12, 15 and 21 samples
+    conf = data_config(tmp_path, "femnist", tmp_path / "leaf", "data.split_type=natural", "data.num_of_clients=3",
+                       "data.min_size=13")
+    with pytest.raises(ConfigError, match=r"data.num_of_clients=3 exceeds the 2 writers .*data.min_size=13"):
+        load_federated(conf)
+
+
+def test_natural_split_on_a_data_set_without_writers_is_a_config_error(tmp_path):
+    from fedcmd_plugin import ConfigError
+    from fedcmd_plugin.data import load_federated
+
+    write_svhn(tmp_path / "svhn")
+    conf = data_config(tmp_path, "svhn", tmp_path / "svhn", "data.split_type=natural", "data.num_of_clients=2")
+    with pytest.raises(ConfigError) as caught:
+        load_federated(conf)
+    message = str(caught.value)
+    assert "data.split_type=natural" in message and "'svhn'" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("dataset,write,expected", [
+    ("emnist", lambda root: write_emnist(root, "byclass", emnist_samples(8), np.arange(8) * 8), (1, 28, 62)),
+    ("svhn", write_svhn, (3, 32, 10)),
+    ("cinic10", write_cinic, (3, 32, 10)),
+    ("femnist", lambda root: write_leaf(root, WRITERS), (1, 28, 62)),
+])
+def test_model_auto_fits_each_data_set(tmp_path, dataset, write, expected):
+    import torch
+
+    from fedcmd_plugin.baselines.common import classification_model
+    from fedcmd_plugin.data import load_federated
+
+    write(tmp_path / dataset)
+    conf = data_config(tmp_path, dataset, tmp_path / dataset, "data.split_type=iid", "data.num_of_clients=2",
+                       "data.emnist_split=byclass")
+    data = load_federated(conf)
+    channels, side, classes = expected
+    assert (data.info.in_channels, data.info.image_size, data.info.num_classes) == expected
+    x, _ = data.train.tensors(data.train.users[0])
+    assert x.shape[1:] == (channels, side, side)
+    model = classification_model(conf, data.info)  # model: auto
+    with torch.no_grad():
+        assert model(x).shape == (len(x), classes)
+
+
+def test_two_round_fedavg_on_femnist_writers(tmp_run_dir):
+    import csv
+
+    import easyfl
+
+    import fedcmd_plugin
+    from fedcmd_plugin.tracking import last_run
+
+    write_leaf(tmp_run_dir.path / "leaf", {f"f{i:04d}_00": 20 + 2 * i for i in range(5)})
+    fedcmd_plugin.register("fedavg")
+    conf = fedcmd_plugin.load_config(None, [
+        "algorithm=fedavg", "data.dataset=femnist", f"data.path={tmp_run_dir.path / 'leaf'}",
+        "data.split_type=natural", "data.num_of_clients=4", "server.clients_per_round=2", "server.rounds=2",
+        "server.test_every=1", "client.local_epoch=1", "client.batch_size=8", "output.progress=false",
+        "num_threads=1", *tmp_run_dir])
+    easyfl.init(conf)
+    easyfl.run()
+    run = last_run()
+    assert json.loads((run["folder"] / "status.json").read_text())["state"] == "complete"
+    assert run["summary"]["final"]["evaluated_clients"] == 4 and run["summary"]["rounds"] == 2
+    with open(run["folder"] / "partition.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 4 and len({r["writer"] for r in rows}) == 4
+    for row in rows:
+        assert int(row["train"]) + int(row["test"]) == 20 + 2 * int(row["writer"][1:5])  # the writer's samples

@@ -11,7 +11,7 @@ import pickle
 import shutil
 import tempfile
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,8 @@ class ImageArrays:
     images: np.ndarray  # float32, N x C x H x W, each channel standardised (zero mean, unit variance)
     labels: np.ndarray  # int64, N
     num_classes: int
+    writers: np.ndarray = None  # int64, N: each sample's writer as an index into writer_names (FEMNIST); else None
+    writer_names: tuple = ()
 
     @property
     def shape(self):
@@ -256,6 +258,60 @@ def load_cinic10(path=None):
     return standardise(images, [label for _, label in files], len(CINIC_CLASSES))
 
 
+LEAF_SPLITS = ("train", "test")
+FEMNIST_CLASSES = 62  # digits, upper- and lower-case letters
+FEMNIST_SIDE = 28
+FEMNIST_LAYOUT = ("expected LEAF's train/*.json and test/*.json, each holding users, num_samples and "
+                  f"user_data: {{user: {{x: [[{FEMNIST_SIDE ** 2} values in 0..1]], y: [labels]}}}}")
+
+
+def read_leaf_json(file):
+    """(writer, uint8 images, labels) of every user in one LEAF JSON file of FEMNIST."""
+    try:
+        with open(file, encoding="utf-8") as handle:
+            tree = json.load(handle)
+        users, counts, user_data = tree["users"], tree["num_samples"], tree["user_data"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"FEMNIST file {file} cannot be read ({exc!r}); {FEMNIST_LAYOUT}") from None
+    for user, count in zip(users, counts):
+        sample = user_data.get(user) if isinstance(user_data, dict) else None
+        try:
+            x = np.asarray(sample["x"], dtype=np.float32)
+            y = np.asarray(sample["y"], dtype=np.int64)
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"FEMNIST file {file}, user {user}: no numeric x and y; {FEMNIST_LAYOUT}") from None
+        shaped = x.shape == (count, FEMNIST_SIDE ** 2) and y.shape == (count,)
+        if not shaped or not np.all((x >= 0) & (x <= 1)):
+            raise DataError(f"FEMNIST file {file}, user {user}: expected {count} rows x of {FEMNIST_SIDE ** 2} "
+                            f"values in 0..1 and {count} labels y, got x {x.shape}, y {y.shape}")
+        yield user, np.rint(x * 255).astype(np.uint8).reshape(-1, FEMNIST_SIDE, FEMNIST_SIDE), y
+
+
+def load_femnist(path=None):
+    """FEMNIST from LEAF's JSON folders: data.path holds train/*.json and test/*.json (LEAF's data/femnist/data).
+
+    Each sample keeps its writer, for split_type natural. A writer's samples in train/ and test/ are pooled like
+    every data set's splits; LEAF's pixels (k/255, from 8-bit images) are stored back as bytes.
+    """
+    folder = require_files(path, "FEMNIST", [f"{split}/" for split in LEAF_SPLITS], FEMNIST_LAYOUT)
+    files = [file for split in LEAF_SPLITS for file in sorted((folder / split).glob("*.json"))]
+    if not files:
+        raise DataError(f"FEMNIST folder {folder} holds no JSON files in train/ or test/; {FEMNIST_LAYOUT}")
+    owners, images, labels = [], [], []
+    for file in files:
+        for user, x, y in read_leaf_json(file):
+            owners.append((user, len(y)))
+            images.append(x)
+            labels.append(y)
+    labels = np.concatenate(labels)
+    check_labels(labels, FEMNIST_CLASSES, f"FEMNIST in {folder}")
+    names = sorted({user for user, _ in owners})
+    code = {name: i for i, name in enumerate(names)}
+    writers = np.repeat([code[user] for user, _ in owners], [count for _, count in owners]).astype(np.int64)
+    arrays = standardise(np.concatenate(images), labels, FEMNIST_CLASSES)
+    return replace(arrays, writers=writers, writer_names=tuple(names))
+
+
 READERS = {
     "digits": load_digits,
     "fmnist": load_fmnist,
@@ -265,12 +321,16 @@ READERS = {
     "cifar100": load_cifar100,
     "svhn": load_svhn,
     "cinic10": load_cinic10,
+    "femnist": load_femnist,
 }
 READER_OPTIONS = {"emnist": {"split": "emnist_split"}}  # a reader's keyword arguments -> the data.* keys they come from
 
 
-CACHE_FORMAT = 1  # bump when readers or standardisation change
+CACHE_FORMAT = 2  # bump when readers or standardisation change
 UNCACHED = {"digits"}  # bundled with scikit-learn and decoded in milliseconds
+# The files that key a data set's decoded cache where its folder holds more than the reader reads (LEAF's data/
+# folder keeps the raw PNGs beside the JSON); others are keyed by every file below data.path.
+SOURCE_FILES = {"femnist": tuple(f"{split}/*.json" for split in LEAF_SPLITS)}
 
 
 def load_images(name, path=None, cache_dir=None, **options):
@@ -290,7 +350,9 @@ def load_images(name, path=None, cache_dir=None, **options):
     folder = Path(cache_dir) / f"{name}-{source_key(name, path, options)}"
     try:
         meta = json.loads((folder / "meta.json").read_text())
-        return ImageArrays(np.load(folder / "images.npy"), np.load(folder / "labels.npy"), meta["num_classes"])
+        writers = np.load(folder / "writers.npy") if meta["writer_names"] else None
+        return ImageArrays(np.load(folder / "images.npy"), np.load(folder / "labels.npy"), meta["num_classes"],
+                           writers, tuple(meta["writer_names"]))
     except (OSError, ValueError, KeyError):
         pass  # no cache yet (or an unreadable one): decode and write it
     arrays = reader(path, **options)
@@ -300,7 +362,8 @@ def load_images(name, path=None, cache_dir=None, **options):
 
 def source_key(name, path, options):
     folder = Path(path or (FMNIST_DIR if name == "fmnist" else "."))
-    files = sorted(folder.rglob("*")) if folder.is_dir() else []
+    patterns = SOURCE_FILES.get(name, ("**/*",))
+    files = sorted(f for pattern in patterns for f in folder.glob(pattern)) if folder.is_dir() else []
     stamp = [CACHE_FORMAT, name, str(folder.resolve()), options] + [
         [str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()]
     return hashlib.sha1(json.dumps(stamp).encode()).hexdigest()[:16]
@@ -313,7 +376,10 @@ def write_cache(folder, arrays):
     try:
         np.save(partial / "images.npy", arrays.images)
         np.save(partial / "labels.npy", arrays.labels)
-        (partial / "meta.json").write_text(json.dumps({"num_classes": arrays.num_classes}))
+        if arrays.writers is not None:
+            np.save(partial / "writers.npy", arrays.writers)
+        meta = {"num_classes": arrays.num_classes, "writer_names": list(arrays.writer_names)}
+        (partial / "meta.json").write_text(json.dumps(meta))
         os.replace(partial, folder)
     except OSError:
         shutil.rmtree(partial, ignore_errors=True)  # e.g. another process wrote it first: use the arrays anyway
