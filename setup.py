@@ -37,6 +37,7 @@ setup(
         "tensorboard>=2.10",
         "numpy>=1.23",
         "scikit-learn>=1.1",  # the embedded digits data set and NMI
+        "scipy>=1.7",  # SVHN's .mat files
         "matplotlib>=3.5",  # PNG plots in each run folder
         "pillow>=9",  # ReID images
         "grpcio>=1.50",

@@ -37,7 +37,8 @@ NULLABLE_TYPES = {
 # Keys that accept more than their default's type.
 EXTRA_TYPES = {"output.progress": (str, bool), "parallel.workers": (str, int)}
 CHOICES = {
-    "data.split_type": ("iid", "dir", "class"),
+    "data.split_type": ("iid", "dir", "class", "natural"),
+    "data.emnist_split": ("byclass", "bymerge", "balanced", "letters", "digits", "mnist"),
     "test_mode": ("test_in_client", "test_in_server"),
     "test_method": ("weighted", "average"),
     "client.optimizer.type": ("SGD", "Adam"),

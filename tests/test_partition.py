@@ -154,6 +154,20 @@ def test_more_clients_than_samples_is_a_config_error():
         make_partition(np.arange(5) % 2, "iid", 6, seed=0)
 
 
+def test_natural_split_gives_whole_writers_skipping_small_ones():
+    writers = np.random.default_rng(4).permutation(np.repeat(np.arange(6), [30, 3, 25, 40, 9, 12]))
+    labels = writers % NUM_CLASSES
+    parts = make_partition(labels, "natural", 4, seed=2, min_size=10, writers=writers)
+    held = [np.unique(writers[idx]) for idx in client_indices(parts)]
+    assert all(len(h) == 1 for h in held)  # one writer per client ...
+    assert [int(h[0]) for h in held] == [0, 2, 3, 5]  # ... in writer order, the 3- and 9-sample writers left out
+    for (train, test), (writer,) in zip(parts, held):
+        np.testing.assert_array_equal(np.sort(np.concatenate([train, test])), np.flatnonzero(writers == writer))
+        assert len(train) == round(len(np.flatnonzero(writers == writer)) / 2)
+    with pytest.raises(ConfigError, match="exceeds the 4 writers with at least data.min_size=10"):
+        make_partition(labels, "natural", 5, seed=2, min_size=10, writers=writers)
+
+
 # ----------------------------------------------------------------------------------------------- cache
 
 

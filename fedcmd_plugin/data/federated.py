@@ -17,8 +17,8 @@ import torch
 from easyfl.datasets import FederatedDataset
 
 from fedcmd_plugin.data.partition import label_histograms, make_partition
-from fedcmd_plugin.data.sources import load_images
-from fedcmd_plugin.errors import DataError
+from fedcmd_plugin.data.sources import READER_OPTIONS, READERS, load_images
+from fedcmd_plugin.errors import ConfigError, DataError
 
 PARTITION_FORMAT = 3  # bump when the partition algorithm changes so old caches are not reused
 
@@ -118,14 +118,20 @@ def batch_bounds(n, batch_size, min_last=1):
     return list(zip(starts, starts[1:] + [n]))
 
 
+def reader_options(conf):
+    """The keyword arguments the data set's reader takes from data.* keys (e.g. EMNIST's split)."""
+    return {arg: conf.data[key] for arg, key in READER_OPTIONS.get(conf.data.dataset, {}).items()}
+
+
 def partition_key(conf, num_samples):
     d = conf.data
-    fields = [PARTITION_FORMAT, d.dataset, str(d.path), d.split_type, d.num_of_clients, float(d.alpha), d.balanced,
-              d.min_size, d.class_per_client, float(d.train_test_split), conf.seed, num_samples]
+    fields = [PARTITION_FORMAT, d.dataset, str(d.path), reader_options(conf), d.split_type, d.num_of_clients,
+              float(d.alpha), d.balanced, d.min_size, d.class_per_client, float(d.train_test_split), conf.seed,
+              num_samples]
     return hashlib.sha1(json.dumps(fields).encode()).hexdigest()[:16]
 
 
-def cached_partition(conf, labels):
+def cached_partition(conf, labels, writers=None):
     """The config's partition: read from data.root/partitions when cached, else computed (and saved)."""
     d = conf.data
     file = Path(d.root) / "partitions" / f"{d.dataset}-{partition_key(conf, len(labels))}.npz"
@@ -138,7 +144,7 @@ def cached_partition(conf, labels):
             pass  # an unreadable cache is recomputed and rewritten
     parts = make_partition(labels, d.split_type, d.num_of_clients, conf.seed, alpha=d.alpha, min_size=d.min_size,
                            class_per_client=d.class_per_client, train_fraction=d.train_test_split,
-                           balanced=d.balanced)
+                           balanced=d.balanced, writers=writers)
     if d.cache:
         save_partition(file, parts)
     return parts
@@ -160,14 +166,16 @@ def save_partition(file, parts):
         raise
 
 
-def summarise(name, labels, parts, ids, num_classes):
-    """A short text summary and the full per-client rows (samples and label histogram)."""
+def summarise(name, labels, parts, ids, num_classes, client_writers=None):
+    """A short text summary and the full per-client rows (samples and label histogram, and the writer of each
+    client of a natural partition)."""
     train_hist = label_histograms(labels, [p[0] for p in parts], num_classes)
     test_hist = label_histograms(labels, [p[1] for p in parts], num_classes)
     rows = []
     for i, cid in enumerate(ids):
         hist = train_hist[i] + test_hist[i]
-        rows.append({"client": cid, "train": int(train_hist[i].sum()), "test": int(test_hist[i].sum()),
+        writer = {"writer": client_writers[i]} if client_writers else {}
+        rows.append({"client": cid, **writer, "train": int(train_hist[i].sum()), "test": int(test_hist[i].sum()),
                      "classes": int((hist > 0).sum()), **{f"label_{c}": int(hist[c]) for c in range(num_classes)}})
     sizes = np.array([r["train"] + r["test"] for r in rows])
     classes = np.array([r["classes"] for r in rows])
@@ -178,8 +186,12 @@ def summarise(name, labels, parts, ids, num_classes):
 
 def build_image_classification(conf):
     cache = Path(conf.data.root) / "decoded" if conf.data.cache else None
-    arrays = load_images(conf.data.dataset, conf.data.path, cache)
-    parts = cached_partition(conf, arrays.labels)
+    arrays = load_images(conf.data.dataset, conf.data.path, cache, **reader_options(conf))
+    natural = conf.data.split_type == "natural"
+    if natural and arrays.writers is None:
+        raise ConfigError(f"data.split_type=natural needs a data set that records each sample's writer (femnist); "
+                          f"data.dataset {conf.data.dataset!r} does not: use iid, dir or class")
+    parts = cached_partition(conf, arrays.labels, arrays.writers)
     ids = client_ids(len(parts))
     empty = [cid for cid, (train, _) in zip(ids, parts) if len(train) == 0]
     if empty:
@@ -188,11 +200,14 @@ def build_image_classification(conf):
     train = ClientTensors(arrays.images, arrays.labels, [p[0] for p in parts], ids)
     test = ClientTensors(arrays.images, arrays.labels, [p[1] for p in parts], ids)
     channels, height, _ = arrays.shape
-    summary, rows = summarise(conf.data.dataset, arrays.labels, parts, ids, arrays.num_classes)
+    client_writers = [arrays.writer_names[arrays.writers[np.concatenate(p)[0]]] for p in parts] if natural else None
+    summary, rows = summarise(conf.data.dataset, arrays.labels, parts, ids, arrays.num_classes, client_writers)
+    if natural:
+        summary += f", one writer each ({len(ids)} of {len(arrays.writer_names)} writers)"
     return FederatedData(train, test, DataInfo(channels, height, arrays.num_classes), summary, rows)
 
 
-BUILDERS = {name: build_image_classification for name in ("digits", "fmnist", "mnist", "cifar10", "cifar100")}
+BUILDERS = {name: build_image_classification for name in READERS}
 
 
 def register_data(name, builder):

@@ -64,6 +64,18 @@ def partition_classes(labels, num_clients, class_per_client, rng):
     return [np.sort(np.concatenate(p)) if p else np.empty(0, dtype=np.int64) for p in parts]
 
 
+def partition_natural(writers, num_clients, min_size, rng):
+    """One client per writer: `num_clients` writers drawn at random from those with at least `min_size` samples
+    (as EasyFL's min_size filters LEAF's users), in writer order; each client holds all its writer's samples."""
+    counts = np.bincount(writers)
+    eligible = np.flatnonzero(counts >= max(min_size, 1))
+    if num_clients > len(eligible):
+        raise ConfigError(f"data.num_of_clients={num_clients} exceeds the {len(eligible)} writers with at least "
+                          f"data.min_size={min_size} samples: set data.num_of_clients to at most {len(eligible)}")
+    by_writer = np.split(np.argsort(writers, kind="stable"), np.cumsum(counts)[:-1])
+    return [by_writer[w] for w in np.sort(rng.choice(eligible, num_clients, replace=False))]
+
+
 def split_train_test(indices, train_fraction, rng):
     """One client's samples split into its own train and test parts (both non-empty when it has >= 2 samples)."""
     shuffled = rng.permutation(indices)
@@ -74,8 +86,9 @@ def split_train_test(indices, train_fraction, rng):
 
 
 def make_partition(labels, split_type, num_clients, seed, alpha=0.1, min_size=10, class_per_client=2,
-                   train_fraction=0.5, balanced=True):
-    """Per-client (train_indices, test_indices) over the pooled samples, seeded by `seed`."""
+                   train_fraction=0.5, balanced=True, writers=None):
+    """Per-client (train_indices, test_indices) over the pooled samples, seeded by `seed`; split_type natural
+    needs `writers`, each sample's writer."""
     labels = np.asarray(labels)
     if num_clients > len(labels):
         raise ConfigError(f"data.num_of_clients={num_clients} exceeds the {len(labels)} samples of the data")
@@ -86,8 +99,10 @@ def make_partition(labels, split_type, num_clients, seed, alpha=0.1, min_size=10
         parts = partition_dirichlet(labels, num_clients, alpha, min_size, rng, balanced)
     elif split_type == "class":
         parts = partition_classes(labels, num_clients, class_per_client, rng)
+    elif split_type == "natural":
+        parts = partition_natural(writers, num_clients, min_size, rng)
     else:
-        raise ConfigError(f"data.split_type must be iid, dir or class; got {split_type!r}")
+        raise ConfigError(f"data.split_type must be iid, dir, class or natural; got {split_type!r}")
     return [split_train_test(part, train_fraction, rng) for part in parts]
 
 
