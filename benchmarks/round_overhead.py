@@ -43,6 +43,7 @@ RATIO_TARGET = 1.05
 STARTUP_TARGET = 3.0
 
 SETTING = {
+    "parallel.workers": 1,  # the framework's overhead per process against one bare loop: one process each
     "algorithm": "fedavg",
     "data.dataset": "fmnist",
     "data.num_of_clients": 100,
