@@ -43,7 +43,7 @@ setup(
         "pyyaml>=5",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "hypothesis>=6"],
     },
     entry_points={
         "console_scripts": ["fedcmd-plugin=fedcmd_plugin.cli:main"],
