@@ -31,6 +31,10 @@ NULLABLE_TYPES = {
     "fedcmd.personal_block": (str,),
     "fedureid.target_clusters": (int,),
     "fedureid.pretrained_backbone": (str,),
+    "remote.max_message_mb": (float,),
+    "remote.tls.ca": (str,),
+    "remote.tls.cert": (str,),
+    "remote.tls.key": (str,),
 }
 # Keys that accept more than their default's type.
 EXTRA_TYPES = {"output.progress": (str, bool)}
@@ -50,6 +54,7 @@ POSITIVE = {
     "fedcmd.max_values", "fedcmd.score_batches", "fedureid.temperature", "fedureid.embedding_dim",
     "fedureid.patience", "fedureid.target_clusters", "fedureid.synthetic.edges", "fedureid.synthetic.identities",
     "fedureid.synthetic.test_identities", "fedureid.synthetic.cameras", "fedureid.synthetic.images_per_camera",
+    "remote.max_message_mb", "remote.max_abs_value",
 }
 NON_NEGATIVE = {"client.finetune_epoch", "client.optimizer.lr", "client.optimizer.momentum",
                 "client.optimizer.weight_decay", "data.min_size", "gpu", "seed",

@@ -11,6 +11,7 @@ import numpy as np
 from easyfl.server import BaseServer
 
 from fedcmd_plugin import aggregate as agg
+from fedcmd_plugin.errors import PluginError
 from fedcmd_plugin.federation import distributed, progress
 from fedcmd_plugin.federation.evaluation import summarise_classification
 from fedcmd_plugin.federation.fleet import LocalFleet
@@ -22,6 +23,7 @@ from fedcmd_plugin.tracking import Recorder
 
 class FederatedServer(BaseServer):
     has_global_model = True  # False for algorithms where every client ends with its own model only
+    fleet = None  # a Fleet handed over before `start` (remote mode); None: the clients are local objects
 
     # ----- life cycle -------------------------------------------------------------------------------------
     def start(self, model, clients):
@@ -51,11 +53,12 @@ class FederatedServer(BaseServer):
         self.recorder.start(self.describe_run())
 
     def make_fleet(self, clients):
-        """Local client objects, or (remote mode) the gRPC client services named in the RunRequest."""
+        """The fleet handed over before start (e.g. gRPC client services), else the local client objects."""
+        if self.fleet is not None:
+            return self.fleet
         if self.is_remote:
-            from fedcmd_plugin.remote.fleet import RemoteFleet
-
-            return RemoteFleet(self, clients)
+            raise PluginError("remote mode: the server needs the fleet of its client services set before start "
+                              "(`fedcmd-plugin remote server` builds it)")
         return LocalFleet(clients, self.workspace, self.initial_state)
 
     def describe_run(self):
