@@ -42,9 +42,10 @@ setup(
         "pillow>=9",  # ReID images
         "grpcio>=1.50",
         "pyyaml>=5",
+        "cryptography>=41",  # `fedcmd-plugin remote certs`: a development CA and certificates for TLS
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "hypothesis>=6"],
     },
     entry_points={
         "console_scripts": ["fedcmd-plugin=fedcmd_plugin.cli:main"],

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import secrets
 import shutil
 import signal
 import socket
@@ -139,31 +140,35 @@ def run_remote(group, overrides, timeout, num_clients):
     from easyfl.pb import common_pb2, server_service_pb2, server_service_pb2_grpc
 
     from fedcmd_plugin.data.federated import client_ids
+    from fedcmd_plugin.remote.auth import bearer
+    from fedcmd_plugin.remote.transport import BASE_MESSAGE, Transport
     from fedcmd_plugin.remote.trigger import wait_for_run
-    from fedcmd_plugin.remote.wire import channel, wait_ready
+    from fedcmd_plugin.remote.wire import wait_ready
 
     server_port, ports = free_port(), [free_port(), free_port()]
     address = f"127.0.0.1:{server_port}"
-    common = [*overrides, "remote.bind=127.0.0.1", f"remote.server_address={address}",
-              f"server.round_timeout={timeout:.0f}"]
     half = num_clients // 2
     hosts = [f"0-{half - 1}", f"{half}-{num_clients - 1}"]
+    addresses = [f"127.0.0.1:{ports[0 if i < half else 1]}" for i in range(num_clients)]
+    common = [*overrides, "remote.bind=127.0.0.1", f"remote.server_address={address}",
+              f"server.round_timeout={timeout:.0f}", f"remote.client_addresses=[{','.join(addresses)}]"]
     server = group.start("remote-server", cli("remote", "server", CONFIG, *common, f"remote.server_port={server_port}"))
     clients = [group.start(f"remote-client{i}", cli("remote", "client", CONFIG, "--index", hosts[i], *common,
                                                     f"remote.client_port={ports[i]}")) for i in range(2)]
     group.wait_listening(server, server_port)
     for proc, port in zip(clients, ports):
         group.wait_listening(proc, port)
-    chan = channel(address)
+    operator = bearer(group.environment["FEDCMD_OPERATOR_TOKEN"])
+    chan = Transport(BASE_MESSAGE).channel(address)
     try:
         wait_ready(chan, address, 60)
         request = server_service_pb2.RunRequest(clients=[
-            server_service_pb2.Client(client_id=cid, address=f"127.0.0.1:{ports[0 if i < half else 1]}", index=i)
+            server_service_pb2.Client(client_id=cid, address=addresses[i], index=i)
             for i, cid in enumerate(client_ids(num_clients))])
-        answer = server_service_pb2_grpc.ServerServiceStub(chan).Run(request, timeout=120)
+        answer = server_service_pb2_grpc.ServerServiceStub(chan).Run(request, timeout=120, metadata=operator)
         if answer.status.code != common_pb2.SC_OK:
             raise RuntimeError(f"the server refused the run: {answer.status.message}")
-        wait_for_run(chan, address, answer.status.message.split()[1], timeout=timeout)
+        wait_for_run(chan, address, operator, answer.status.message.split()[1], timeout=timeout)
     finally:
         chan.close()
 
@@ -174,7 +179,9 @@ def measure(mode, work, overrides, timeout, num_clients):
     overrides = [*overrides, f"output.root={folder / 'runs'}"]
     # The two remote client services share this machine's cores like the two distributed ranks do (the
     # plugin gives each process cores / LOCAL_WORLD_SIZE torch threads).
-    group = Group(folder, **({"LOCAL_WORLD_SIZE": "2"} if mode == "remote" else {}))
+    # Remote roles also get fresh tokens (remote.operator_token / server_token read these variables).
+    group = Group(folder, **({"LOCAL_WORLD_SIZE": "2", "FEDCMD_OPERATOR_TOKEN": secrets.token_urlsafe(24),
+                              "FEDCMD_SERVER_TOKEN": secrets.token_urlsafe(24)} if mode == "remote" else {}))
     started = time.time()
     try:
         if mode == "remote":

@@ -33,6 +33,10 @@ NULLABLE_TYPES = {
     "fedcmd.selection_rounds": (int,),
     "fedureid.target_clusters": (int,),
     "fedureid.pretrained_backbone": (str,),
+    "remote.max_message_mb": (float,),
+    "remote.tls.ca": (str,),
+    "remote.tls.cert": (str,),
+    "remote.tls.key": (str,),
 }
 # Keys that accept more than their default's type.
 EXTRA_TYPES = {"output.progress": (str, bool), "parallel.workers": (str, int)}
@@ -58,6 +62,7 @@ POSITIVE = {
     "fedureid.temperature", "fedureid.embedding_dim",
     "fedureid.patience", "fedureid.target_clusters", "fedureid.synthetic.edges", "fedureid.synthetic.identities",
     "fedureid.synthetic.test_identities", "fedureid.synthetic.cameras", "fedureid.synthetic.images_per_camera",
+    "remote.max_message_mb", "remote.max_abs_value",
 }
 NON_NEGATIVE = {"client.finetune_epoch", "client.optimizer.lr", "client.optimizer.momentum",
                 "client.optimizer.weight_decay", "data.min_size", "gpu", "seed",

@@ -26,6 +26,14 @@ SERVER_PORT = 22999
 CLIENT_PORT = 23000
 NAMESPACE = "fedcmd"
 K8S_CONFIG_DIR = "/app/k8s-config"
+K8S_SECRETS_DIR = "/app/secrets"
+SECRET_KEYS = ("remote.tls.ca", "remote.tls.cert", "remote.tls.key", "remote.operator_token", "remote.server_token")
+# The files of `fedcmd-plugin remote certs` each role needs, and no more ({i}: every client's).
+ROLE_FILES = {
+    "server": {"ca.pem", "server.pem", "server-key.pem", "operator.token", "server.token"},
+    "client": {"ca.pem", "client-{i}.pem", "client-{i}-key.pem", "server.token"},
+    "trigger": {"ca.pem", "operator.pem", "operator-key.pem", "operator.token"},
+}
 
 
 
@@ -33,6 +41,32 @@ def run_tool(args):
     # The compose file's own defaults are checked, not whatever FEDCMD_* variables the shell happens to hold.
     env = {key: value for key, value in os.environ.items() if not key.startswith("FEDCMD_")}
     return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+
+
+def secret_files(command):
+    """{config key: path} of the certificate and token files a command names (token values are file:PATH)."""
+    found = {}
+    for item in command:
+        key, _, value = item.partition("=")
+        if key in SECRET_KEYS:
+            found[key] = value[len("file:"):] if value.startswith("file:") else value
+    return found
+
+
+def check_secured(command, role):
+    """The command runs mutual TLS with both certificate files and the tokens its role needs, from files."""
+    files = secret_files(command)
+    tokens = {"server": {"remote.operator_token", "remote.server_token"}, "client": {"remote.server_token"},
+              "trigger": {"remote.operator_token"}}[role]
+    assert set(files) == {"remote.tls.ca", "remote.tls.cert", "remote.tls.key", *tokens}, (role, files)
+    assert override(command, "remote.tls.mutual") is True, role
+    assert all(item.partition("=")[2].startswith("file:") for item in command
+               if item.partition("=")[0] in tokens), f"{role}: tokens are read from mounted files"
+    return files
+
+
+def expand(names, count):
+    return {name.replace("{i}", str(i)) for name in names for i in range(count)}
 
 
 def override(command, key):
@@ -286,6 +320,36 @@ def test_k8s_config_is_a_valid_run_config_for_the_client_count(rendered):
     assert conf.server.rounds == tree["server"]["rounds"]
 
 
+def role_of(obj):
+    return {"Deployment": "server", "StatefulSet": "client", "Job": "trigger"}[obj["kind"]]
+
+
+def test_pods_mount_only_their_own_certificates_and_tokens(rendered):
+    replicas = one(rendered, "StatefulSet")["spec"]["replicas"]
+    for obj in rendered:
+        if obj["kind"] not in ("Deployment", "StatefulSet", "Job"):
+            continue
+        role, spec = role_of(obj), obj["spec"]["template"]["spec"]
+        container = one_container(obj)
+        files = check_secured(container["command"], role)
+        mount = next(m for m in container["volumeMounts"] if m["mountPath"] == K8S_SECRETS_DIR)
+        assert mount.get("readOnly") is True, role
+        volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])["secret"]
+        assert volume["secretName"] == "fedcmd-secrets"
+        assert volume["defaultMode"] & 0o007 == 0, f"{role}: secret files are not world-readable"
+        items = {item["path"] for item in volume["items"]}
+        assert all(item["key"] == item["path"] for item in volume["items"])
+        assert items == expand(ROLE_FILES[role], replicas), role
+        for key, path in files.items():
+            assert path.startswith(K8S_SECRETS_DIR + "/"), (role, key)
+            assert expand({path[len(K8S_SECRETS_DIR) + 1:].replace("{index}", "{i}")}, replicas) <= items, (role, key)
+
+
+def test_server_reaches_exactly_the_client_pods(rendered):
+    command = one_container(one(rendered, "Deployment"))["command"]
+    assert override(command, "remote.client_addresses") == expected_client_addresses(rendered)
+
+
 # ------------------------------------------------------------------------------------------ docker compose
 
 
@@ -391,6 +455,36 @@ def test_compose_config_file_ships_with_the_image(compose):
                     if "=" in item and not item.startswith(("remote.", "-"))]
         conf = config.load_config(config_file, settings)
         assert conf.data.num_of_clients == len(client_services(compose)), name
+
+
+def compose_role(service):
+    return service["command"][2]
+
+
+def test_compose_services_mount_only_their_own_certificates_and_tokens(compose):
+    clients = client_services(compose)
+    declared = compose.get("secrets", {})
+    for name, service in compose["services"].items():
+        role = compose_role(service)
+        files = check_secured(service["command"], role)
+        sources = {entry["source"] if isinstance(entry, dict) else entry for entry in service.get("secrets", [])}
+        wanted = ROLE_FILES[role]
+        if role == "client":
+            index = next(i for i, client in clients.items() if client == name)
+            wanted = {file.replace("{i}", str(index)) for file in wanted}
+        assert {Path(declared[source]["file"]).name for source in sources} == wanted, name
+        for source in sources:
+            assert Path(declared[source]["file"]).parent.resolve() == (REPO / "secrets").resolve(), source
+        for key, path in files.items():
+            assert path.startswith("/run/secrets/") and path.split("/")[-1] in sources, (name, key)
+    server = compose["services"]["server"]["command"]
+    assert override(server, "remote.client_addresses") == [f"{clients[i]}:{CLIENT_PORT}" for i in sorted(clients)]
+
+
+def test_secrets_stay_out_of_the_image_and_the_repository():
+    ignored = {line.strip() for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()}
+    assert "secrets" in ignored
+    assert "/secrets/" in (REPO / ".gitignore").read_text(encoding="utf-8").splitlines()
 
 
 # ---------------------------------------------------------------------------------------------- Dockerfile

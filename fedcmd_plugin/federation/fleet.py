@@ -1,5 +1,24 @@
-"""How the server reaches its clients. `LocalFleet`: client objects in this process (standalone and
-distributed mode). Remote mode provides a fleet with the same three methods over gRPC."""
+"""How the server reaches its clients: any `Fleet`. `LocalFleet`: client objects in this process (standalone and
+distributed mode). Whoever starts a run elsewhere (remote mode: gRPC client services) hands its own fleet to the
+server before the run starts; the round never knows which it has."""
+from typing import Protocol
+
+
+class Fleet(Protocol):
+    def client_ids(self) -> list:
+        """Every client of the run, sorted."""
+
+    def train(self, dispatches: dict) -> list:
+        """{cid: Dispatch} -> [Upload] of the clients that answered."""
+
+    def evaluate(self, dispatches: dict, splits: tuple) -> list:
+        """{cid: Dispatch} -> [{"cid": ..., <metrics>}] of the clients that answered."""
+
+    def kept(self, cid: str) -> dict:
+        """The client's own state where the server can see it (for checkpoints); {} where it cannot."""
+
+    def set_kept(self, cid: str, kept: dict) -> None:
+        """Copy kept state trained elsewhere (distributed replicas)."""
 
 
 class LocalFleet:

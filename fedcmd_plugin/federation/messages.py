@@ -15,15 +15,27 @@ def pack(groups, meta):
     return codec.encode(flat, meta)
 
 
-def unpack(payload):
-    flat, meta = codec.decode(payload)
+def split_groups(named):
+    """{"group/key": value} -> {group: {key: value}}; CodecError for a name outside GROUPS."""
     groups = {group: {} for group in GROUPS}
-    for name, tensor in flat.items():
+    for name, value in named.items():
         group, _, key = name.partition("/")
         if group not in groups:
             raise codec.CodecError(f"payload tensor {name!r} belongs to no known group")
-        groups[group][key] = tensor
-    return groups, meta
+        groups[group][key] = value
+    return groups
+
+
+def unpack(payload):
+    flat, meta = codec.decode(payload)
+    return split_groups(flat), meta
+
+
+def layout(payload):
+    """({group: {key: (dtype name, shape)}}, meta) of a payload, read from its header alone: what a receiver
+    checks before it decodes any tensor."""
+    entries, meta = codec.read_header(payload)
+    return split_groups({name: (dtype, shape) for name, dtype, shape in entries}), meta
 
 
 @dataclass
@@ -62,8 +74,8 @@ class Upload:
     @classmethod
     def from_bytes(cls, payload):
         groups, head = unpack(payload)
-        try:
-            return cls(str(head["cid"]), int(head["num_samples"]), groups["state"], groups["kept"], groups["extra"],
-                       dict(head["meta"]))
-        except (KeyError, TypeError, ValueError):
-            raise codec.CodecError("upload header lacks cid, num_samples or meta") from None
+        cid, num_samples, meta = head.get("cid"), head.get("num_samples"), head.get("meta")
+        if not isinstance(cid, str) or type(num_samples) is not int or not isinstance(meta, dict):
+            raise codec.CodecError("upload header needs cid (a string), num_samples (an integer) and meta (an "
+                                   "object)")
+        return cls(cid, num_samples, groups["state"], groups["kept"], groups["extra"], meta)

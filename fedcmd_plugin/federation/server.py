@@ -13,7 +13,7 @@ import torch
 from easyfl.server import BaseServer
 
 from fedcmd_plugin import aggregate as agg
-from fedcmd_plugin.errors import ConfigError
+from fedcmd_plugin.errors import ConfigError, PluginError
 from fedcmd_plugin.federation import distributed, progress
 from fedcmd_plugin.federation.evaluation import measure, summarise_classification
 from fedcmd_plugin.federation.fleet import LocalFleet
@@ -26,6 +26,7 @@ from fedcmd_plugin.tracking import Recorder
 
 class FederatedServer(BaseServer):
     has_global_model = True  # False for algorithms where every client ends with its own model only
+    fleet = None  # a Fleet handed over before `start` (remote mode); None: the clients are local objects
 
     # ----- life cycle -------------------------------------------------------------------------------------
     def start(self, model, clients):
@@ -44,15 +45,15 @@ class FederatedServer(BaseServer):
             self.recorder.fail(exc)
             raise
         finally:
-            fleet = getattr(self, "fleet", None)
-            if hasattr(fleet, "close"):
-                fleet.close()
+            if getattr(self, "owns_fleet", False) and hasattr(self.fleet, "close"):
+                self.fleet.close()  # worker processes; a fleet handed over is closed by whoever made it
 
     def setup(self, model, clients):
         self.check_test_mode()
         device = self.conf.device
         self.workspace = model.to(device)
         self.initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.owns_fleet = self.fleet is None
         self.fleet = self.make_fleet(clients)
         self.client_order = self.fleet.client_ids()
         self.last_evaluation = None
@@ -69,12 +70,13 @@ class FederatedServer(BaseServer):
                               f"{conf.algorithm!r} on {conf.data.dataset!r} does not have: use test_mode=test_in_client")
 
     def make_fleet(self, clients):
-        """Local client objects (trained by worker processes when `parallel.workers` resolves to more than one),
-        or (remote mode) the gRPC client services named in the RunRequest."""
+        """The fleet handed over before start (e.g. gRPC client services), else the local client objects, trained
+        by worker processes when `parallel.workers` resolves to more than one."""
+        if self.fleet is not None:
+            return self.fleet
         if self.is_remote:
-            from fedcmd_plugin.remote.fleet import RemoteFleet
-
-            return RemoteFleet(self, clients)
+            raise PluginError("remote mode: the server needs the fleet of its client services set before start "
+                              "(`fedcmd-plugin remote server` builds it)")
         workers = worker_count(self.conf, self.world)
         if workers > 1:
             return ProcessFleet(clients, self.workspace, self.initial_state, workers,

@@ -1,7 +1,8 @@
-"""`fedcmd-plugin remote server|client|trigger CONFIG.yaml [key.sub=value ...]`.
+"""`fedcmd-plugin remote server|client|trigger CONFIG.yaml [key.sub=value ...]` and `remote certs DIR`.
 
-All roles read the same config (the same YAML and data overrides); `remote.*` keys say where each listens
-and whom it talks to. Exit status: 0 on success, 2 with a one-line `error: ...` otherwise.
+All roles read the same config (the same YAML and data overrides); `remote.*` keys say where each listens,
+whom it talks to and with which certificates and tokens. Exit status: 0 on success, 2 with a one-line
+`error: ...` otherwise.
 """
 import os
 import re
@@ -9,7 +10,10 @@ import socket
 
 from fedcmd_plugin.errors import ConfigError
 
-EPILOG = """examples (one machine, configs/remote_digits.yaml names the loopback addresses):
+EPILOG = """examples (one machine, configs/remote_digits.yaml names the loopback addresses; every role needs
+FEDCMD_OPERATOR_TOKEN and FEDCMD_SERVER_TOKEN, e.g. from the files `remote certs` writes):
+  fedcmd-plugin remote certs   secrets --clients 2
+  export FEDCMD_OPERATOR_TOKEN=$(cat secrets/operator.token) FEDCMD_SERVER_TOKEN=$(cat secrets/server.token)
   fedcmd-plugin remote server  configs/remote_digits.yaml
   fedcmd-plugin remote client  configs/remote_digits.yaml --index 0 remote.client_port=23000
   fedcmd-plugin remote client  configs/remote_digits.yaml --index 1 remote.client_port=23001
@@ -91,6 +95,14 @@ def command_trigger(args):
     return 0
 
 
+def command_certs(args):
+    from fedcmd_plugin.remote.certs import make_certificates
+
+    written = make_certificates(args.folder, args.clients, args.server_name, args.client_name, args.days)
+    print(f"wrote {len(written)} files to {args.folder}: {', '.join(path.name for path in written)}")
+    return 0
+
+
 def add_commands(subparsers):
     """Add `remote server|client|trigger` to the CLI's subcommands."""
     import argparse
@@ -117,3 +129,14 @@ def add_commands(subparsers):
     trigger.add_argument("--connect-timeout", type=float, default=120.0,
                          help="seconds to wait for the server to accept connections (default 120)")
     trigger.set_defaults(handler=command_trigger)
+    certs = roles.add_parser("certs", help="write a development CA, certificates for the server, N clients and the "
+                             "operator, and random tokens, to a new folder")
+    certs.add_argument("folder", help="where the files go (nothing is overwritten)")
+    certs.add_argument("--clients", type=int, required=True, help="client certificates client-0 ... client-<N-1>")
+    certs.add_argument("--server-name", action="append", default=[], metavar="NAME",
+                       help="another DNS name or IP of the server (repeatable; localhost and 127.0.0.1 are always in)")
+    certs.add_argument("--client-name", action="append", default=[], metavar="TEMPLATE",
+                       help="another name of client i, {i} = its index, e.g. fedcmd-client-{i}.fedcmd-client "
+                       "(repeatable)")
+    certs.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
+    certs.set_defaults(handler=command_certs)

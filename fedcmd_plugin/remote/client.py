@@ -1,10 +1,11 @@
 """The remote client: EasyFL's ClientService hosting client `--index i` of the partition (users[i]), or
 several clients (`--index 0-49`), which then share the process and work one request at a time.
 
-`Operate(OperateRequest)`: `model` is the round's `Dispatch` archive (never unpickled: anything else is
-refused with SC_INVALID_REQUEST), `data_index` must be one this service hosts, `type` is train or test. The
-request is queued and `Operate` returns at once (SC_ALREADY_EXISTS while the same client still has an earlier
-request); the result goes to the server's `Upload` with the request's task (run) and round ids:
+`Operate(OperateRequest)` needs the server's token (`remote.server_token`, UNAUTHENTICATED without it): `model`
+is the round's `Dispatch` archive with the client's upload ticket (never unpickled: anything else is refused
+with SC_INVALID_REQUEST), `data_index` must be one this service hosts, `type` is train or test. The request is
+queued and `Operate` returns at once (SC_ALREADY_EXISTS while the same client still has an earlier request);
+the result goes to the server's `Upload` with the request's task (run) and round ids, signed with the ticket:
 `Upload.to_bytes(with_kept=False)` for train (kept state never leaves the client), a JSON object for test, a
 JSON error report in `content.extra` when the work failed (the server then leaves the client out at once).
 
@@ -23,12 +24,14 @@ from easyfl.pb import server_service_pb2_grpc as server_grpc
 
 from fedcmd_plugin.errors import ConfigError, PluginError
 from fedcmd_plugin.federation.messages import Dispatch
+from fedcmd_plugin.remote.auth import UPLOAD_MAC, RequireToken, read_token, sign_upload
 from fedcmd_plugin.remote.roles import init_role, seed_all
-from fedcmd_plugin.remote.wire import (TEST, TRAIN, channel, grpc_server, one_line, rpc_error_text,
-                                       serve_until_stopped, to_json, unwrap)
+from fedcmd_plugin.remote.transport import state_bytes, transport_for
+from fedcmd_plugin.remote.wire import TEST, TRAIN, one_line, rpc_error_text, serve_until_stopped, to_json, unwrap
 from fedcmd_plugin.session import logger
 
 CLIENT_WORKERS = 4
+OPERATE_METHOD = "/easyfl.pb.ClientService/Operate"
 UPLOAD_TIMEOUT = 120.0  # seconds per upload attempt
 UPLOAD_RETRIES = 3  # attempts while the server is unreachable
 
@@ -40,16 +43,18 @@ def response(code, message=""):
 class ClientService(client_grpc.ClientServiceServicer):
     """Hosts the clients `hosted` ({data index: cid}, usually one) of the partition.
 
-    make_client(cid, initial_state) -> a FederatedClient attached to the process's model and `initial_state`.
+    make_client(cid, initial_state) -> a FederatedClient attached to the process's model and `initial_state`;
+    transport: how to reach the server at `server_address`.
     Requests are queued and worked off one at a time (the clients share the process's model); a client with a
     request still queued or running refuses the next one (SC_ALREADY_EXISTS).
     """
 
-    def __init__(self, make_client, own_initial, hosted, server_address):
+    def __init__(self, make_client, own_initial, hosted, server_address, transport):
         self.make_client = make_client
         self.own_initial = own_initial
         self.hosted = dict(hosted)
         self.server_address = server_address
+        self.transport = transport
         self.task_id = None
         self.run_initial = None  # the current run's initial state, as received from the server
         self.clients = {}  # cid -> this run's client object
@@ -85,7 +90,7 @@ class ClientService(client_grpc.ClientServiceServicer):
             if cid in self.busy:
                 return response(common_pb.SC_ALREADY_EXISTS, f"client {cid} is still busy with an earlier request")
             self.busy.add(cid)
-        self.jobs.put((cid, kind, task_id, round_id, dispatch, envelope, initial))
+        self.jobs.put((cid, kind, task_id, round_id, dispatch, envelope, initial))  # the ticket is in the envelope
         return response(common_pb.SC_OK, f"client {cid}: {kind} of round {round_id + 1} queued")
 
     # ----- the work of one request -------------------------------------------------------------------------------
@@ -109,7 +114,8 @@ class ClientService(client_grpc.ClientServiceServicer):
         finally:
             with self.lock:  # before uploading: the server may send the next request as soon as it has this one
                 self.busy.discard(cid)
-        self.send(server_pb.UploadRequest(task_id=task_id, round_id=round_id, client_id=cid, content=content))
+        request = server_pb.UploadRequest(task_id=task_id, round_id=round_id, client_id=cid, content=content)
+        self.send(request, ((UPLOAD_MAC, sign_upload(envelope["ticket"], request)),))
 
     def client_for(self, cid, task_id, initial):
         """This run's object for client `cid`; a new run (task id) starts from fresh client objects."""
@@ -141,12 +147,12 @@ class ClientService(client_grpc.ClientServiceServicer):
                                        type=common_pb.DATA_TYPE_PERFORMANCE,
                                        data_size=int(result.get("test_total", 0) or 0))
 
-    def send(self, request):
+    def send(self, request, metadata):
         if self.stub is None:
-            self.stub = server_grpc.ServerServiceStub(channel(self.server_address))
+            self.stub = server_grpc.ServerServiceStub(self.transport.channel(self.server_address))
         for attempt in range(UPLOAD_RETRIES):
             try:
-                answer = self.stub.Upload(request, timeout=UPLOAD_TIMEOUT)
+                answer = self.stub.Upload(request, timeout=UPLOAD_TIMEOUT, metadata=metadata)
             except grpc.RpcError as exc:
                 reason = rpc_error_text(exc)
                 if attempt + 1 < UPLOAD_RETRIES and exc.code() == grpc.StatusCode.UNAVAILABLE:
@@ -164,7 +170,8 @@ class ClientService(client_grpc.ClientServiceServicer):
 
 
 def build(conf, indexes):
-    """The prepared config and a ClientService for the clients `indexes` of the config's partition."""
+    """The prepared config and a ClientService for the clients `indexes` of the config's partition (its
+    transport sized for the model, with the certificate of the first index when remote.tls names {index})."""
     from easyfl.coordinator import get_coordinator
 
     from fedcmd_plugin.data import load_federated
@@ -190,13 +197,16 @@ def build(conf, indexes):
         return client
 
     hosted = {i: users[i] for i in indexes}
-    return conf, ClientService(make_client, own_initial, hosted, str(conf.remote.server_address))
+    transport = transport_for(conf, "client", state_bytes(own_initial), indexes[0])
+    return conf, ClientService(make_client, own_initial, hosted, str(conf.remote.server_address), transport)
 
 
 def serve(conf, indexes, stop_event=None):
     """`fedcmd-plugin remote client`: host clients `indexes` until SIGTERM/SIGINT (or `stop_event` is set)."""
+    guard = RequireToken(read_token(conf.remote.server_token, "remote.server_token"), [OPERATE_METHOD], "server")
     conf, service = build(conf, indexes)
-    grpc_srv = grpc_server(str(conf.remote.bind), int(conf.remote.client_port), CLIENT_WORKERS)
+    grpc_srv = service.transport.server(str(conf.remote.bind), int(conf.remote.client_port), CLIENT_WORKERS,
+                                        [guard])
     client_grpc.add_ClientServiceServicer_to_server(service, grpc_srv)
     grpc_srv.start()
     logger().info(f"fedcmd-plugin client {service.describe()} ({conf.algorithm}) listening on "

@@ -1,10 +1,13 @@
 """The server's view of its clients in remote mode: gRPC client services instead of client objects.
 
-Same interface as `fedcmd_plugin.federation.fleet.LocalFleet`. A request (`train` or `evaluate`) sends one
-`Operate` per client concurrently, then waits at most `server.round_timeout` seconds for the uploads the
-server service routes here. Clients that refuse, cannot be reached, report an error or stay silent are
-left out of the round (a warning names each one, `missing_clients` / `missing_eval_clients` go into the
-round's metrics); the round goes on with the others. A round without any answer is an error.
+A `fedcmd_plugin.federation.fleet.Fleet`, built by the server service for one run and handed to the algorithm's
+server before it starts. A request (`train` or `evaluate`) sends one `Operate` per client concurrently, each
+with the server's token and the client's ticket for this round (`auth.Tickets`), then waits at most
+`server.round_timeout` seconds for the uploads the server service checks (`validation`) and routes here.
+Clients that refuse, cannot be reached, report an error, send an answer that fails the checks or stay silent
+are left out of the round (a warning names each one; `missing_clients` / `missing_eval_clients` and
+`rejected_uploads` / `rejected_eval_uploads` go into the round's metrics); the round goes on with the others.
+A round without any answer is an error.
 """
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -13,31 +16,32 @@ from easyfl.pb import client_service_pb2 as client_pb
 from easyfl.pb import client_service_pb2_grpc as client_grpc
 from easyfl.pb import common_pb2 as common_pb
 
-from fedcmd_plugin.remote.wire import TEST, TRAIN, Endpoint, RemoteError, channel, rpc_error_text, wrap
+from fedcmd_plugin.remote.auth import bearer
+from fedcmd_plugin.remote.wire import TEST, TRAIN, RemoteError, rpc_error_text, wrap
 from fedcmd_plugin.session import logger
 
 OPERATE_TIMEOUT = 60.0  # seconds for a client service to accept a request (it answers before working)
 
 
 class RemoteFleet:
-    def __init__(self, server, clients):
-        self.server = server
-        self.router = getattr(server, "remote_router", None)
-        self.run_id = getattr(server, "remote_run_id", None)
-        if self.router is None or self.run_id is None:
-            raise RemoteError("remote mode needs the server started by `fedcmd-plugin remote server` "
-                              "(fedcmd_plugin.remote.server), which routes the clients' uploads")
-        self.endpoints = {}
-        for endpoint in clients:
-            if not isinstance(endpoint, Endpoint):
-                raise RemoteError(f"remote clients must be Endpoint(cid, address, index), got {endpoint!r}")
-            self.endpoints[endpoint.cid] = endpoint
+    """conf: the run's config; endpoints: the run's client services (Endpoint); transport: how to reach them;
+    server_token: the credential their Operate asks for; router: where the server service delivers checked
+    answers; tickets: the run's upload credentials; policy: builds each answer's Expectation; initial_state:
+    sent to each client on first contact; note(round_index, values): records round metrics."""
+
+    def __init__(self, conf, endpoints, transport, server_token, router, tickets, policy, initial_state, note):
+        self.endpoints = {endpoint.cid: endpoint for endpoint in endpoints}
         if not self.endpoints:
             raise RemoteError("the run has no clients")
-        self.timeout = float(server.conf.server.round_timeout)
+        self.conf = conf
+        self.timeout = float(conf.server.round_timeout)
+        self.call_metadata = bearer(server_token)
+        self.router, self.tickets, self.policy = router, tickets, policy
+        self.initial_state = initial_state
+        self.note = note
         self.log = logger()
         # One channel per client service (a service may host several clients).
-        self.channels = {e.address: channel(e.address) for e in self.endpoints.values()}
+        self.channels = {e.address: transport.channel(e.address) for e in self.endpoints.values()}
         self.stubs = {address: client_grpc.ClientServiceStub(chan) for address, chan in self.channels.items()}
         self.initialised = set()  # clients that received this run's initial state
         self.lock = threading.Lock()
@@ -77,8 +81,10 @@ class RemoteFleet:
         unknown = [cid for cid in dispatches if cid not in self.endpoints]
         if unknown:
             raise RemoteError(f"no client service hosts {', '.join(unknown)}")
-        round_index = self.server._current_round
-        waiter = self.router.expect((self.run_id, round_index, kind), list(dispatches))
+        round_index = int(next(iter(dispatches.values())).meta["round"])
+        expectations = {cid: self.policy.expect(kind, cid, dispatch, splits or ())
+                        for cid, dispatch in dispatches.items()}
+        waiter = self.router.expect((self.tickets.run_id, round_index, kind), expectations)
         try:
             for cid, dispatch in dispatches.items():
                 self.pool.submit(self.operate, waiter, kind, cid, dispatch, splits, round_index)
@@ -86,16 +92,16 @@ class RemoteFleet:
         finally:
             waiter.close()
         with self.router.condition:
-            results, failures = dict(waiter.results), dict(waiter.failures)
+            results, failures, rejected = dict(waiter.results), dict(waiter.failures), dict(waiter.rejected)
         missing = {cid: failures.get(cid, f"no answer within server.round_timeout={self.timeout:g} s")
                    for cid in dispatches if cid not in results}
-        self.report_missing(kind, round_index, missing)
+        self.report_missing(kind, round_index, missing, rejected)
         if not results:
             reasons = "; ".join(f"{cid}: {reason}" for cid, reason in missing.items())
             raise RemoteError(f"round {round_index + 1}: no client answered the {kind} request ({reasons})")
         return results
 
-    def report_missing(self, kind, round_index, missing):
+    def report_missing(self, kind, round_index, missing, rejected):
         if not missing:
             return
         with self.lock:
@@ -104,19 +110,23 @@ class RemoteFleet:
         for cid, reason in missing.items():
             self.log.warning(f"round {round_index + 1}: client {cid} ({self.endpoints[cid].address}) is left out "
                              f"of this round's {work}: {reason}")
-        key = "missing_clients" if kind == TRAIN else "missing_eval_clients"
-        self.server.recorder.log_round(round_index, {key: sorted(missing)})
+        suffix = "" if kind == TRAIN else "_eval"
+        self.note(round_index, {f"missing{suffix}_clients": sorted(missing)})
+        if rejected:
+            self.note(round_index, {f"rejected{suffix}_uploads": dict(sorted(rejected.items()))})
 
     def operate(self, waiter, kind, cid, dispatch, splits, round_index):
         endpoint = self.endpoints[cid]
         try:
             with self.lock:
-                initial = None if cid in self.initialised else self.server.initial_state
-            payload = wrap(dispatch, splits, initial).to_bytes()
+                initial = None if cid in self.initialised else self.initial_state
+            ticket = self.tickets.issue(round_index, kind, cid)
+            payload = wrap(dispatch, ticket, splits, initial).to_bytes()
             request = client_pb.OperateRequest(
                 type=client_pb.OP_TYPE_TRAIN if kind == TRAIN else client_pb.OP_TYPE_TEST, model=payload,
                 data_index=endpoint.index, config=self.operate_config(dispatch, round_index))
-            response = self.stubs[endpoint.address].Operate(request, timeout=min(OPERATE_TIMEOUT, self.timeout))
+            response = self.stubs[endpoint.address].Operate(request, timeout=min(OPERATE_TIMEOUT, self.timeout),
+                                                            metadata=self.call_metadata)
         except Exception as exc:  # unreachable, deadline, encoding: the client misses this round
             waiter.fail(cid, f"not reachable at {endpoint.address} ({rpc_error_text(exc)})")
             return
@@ -130,11 +140,11 @@ class RemoteFleet:
 
     def operate_config(self, dispatch, round_index):
         """EasyFL's per-request settings (informative: the client follows the Dispatch and its own config)."""
-        conf = self.server.conf
+        conf = self.conf
         opt = conf.client.optimizer
         return client_pb.OperateConfig(
             batch_size=int(conf.client.batch_size), local_epoch=int(dispatch.meta.get("local_epoch", 0)),
             seed=int(conf.seed), optimizer=client_pb.Optimizer(type=str(opt.type), lr=float(opt.lr),
                                                                momentum=float(opt.momentum)),
-            local_test=False, task_id=str(self.run_id), round_id=int(round_index), track=False,
+            local_test=False, task_id=str(self.tickets.run_id), round_id=int(round_index), track=False,
             test_batch_size=int(conf.client.test_batch_size))

@@ -5,10 +5,12 @@ import numpy as np
 import torch
 
 from fedcmd_plugin.errors import ConfigError
+from fedcmd_plugin.remote.transport import check_plaintext
 from fedcmd_plugin.remote.wire import check_address, check_port
 
 
 def check_remote_config(conf):
+    """Ports, addresses and the plaintext rule (TLS, loopback only, or remote.insecure); files are read later."""
     remote = conf.remote
     check_port(remote.server_port, "remote.server_port")
     check_port(remote.client_port, "remote.client_port")
@@ -17,6 +19,7 @@ def check_remote_config(conf):
         check_address(address, "remote.client_addresses entry")
     if not str(remote.bind).strip():
         raise ConfigError("config key 'remote.bind' must name an interface, e.g. 0.0.0.0 or 127.0.0.1")
+    check_plaintext(conf)
 
 
 def init_role(conf, port, index=None):

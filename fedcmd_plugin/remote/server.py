@@ -1,18 +1,25 @@
 """The remote server: EasyFL's ServerService (Run, Upload, Stop) and a JSON status method on one port.
 
+* `Run`, `Stop` and status need the operator's token (`remote.operator_token`; UNAUTHENTICATED without it).
 * `Run(RunRequest)` returns at once (as EasyFL's does) after starting the run in a background thread: SC_OK
   with "run <id> started ...", SC_ALREADY_EXISTS while a run is in progress, SC_INVALID_REQUEST for bad
   client lists. The model is always built from the server's own config (seeded like a standalone run);
   `request.model` is never unpickled: when it decodes as the plugin's tensor archive with the model's keys
   and shapes it becomes the initial state, anything else is ignored with a warning.
-  `RunRequest.clients`: each `Client(client_id, address, index)` names one client service; the client is
-  `client_id` when that is one of the partition's ids (c000, c001, ...), else the partition's `index`-th.
-  An empty list means the server's own `remote.client_addresses` (the i-th hosting index i).
+  `RunRequest.clients`: each `Client(client_id, address, index)` picks one client; the client is `client_id`
+  when that is one of the partition's ids (c000, c001, ...), else the partition's `index`-th. The server
+  reaches client index i only at the i-th of its own `remote.client_addresses`: a request naming another
+  address is refused with PERMISSION_DENIED. An empty list means every configured client.
+  The run gets a `RemoteFleet` built here, handed to the algorithm's server before it starts.
 * Status (`/fedcmd_plugin.remote.RunStatus/Get`, JSON): {"state": idle|running|complete|stopped|failed,
   "run_id", "round", "rounds", "folder", "error", "summary"}: how a trigger waits for the end of a run.
-* `Upload(UploadRequest)`: decodes the content (an `Upload` archive for train, a JSON object for test, a
-  JSON error report in `content.extra`) and hands it to the round waiting for it (`router.UploadRouter`).
-  SC_INVALID_REQUEST for payloads that do not decode, SC_NOT_FOUND when no round waits for them.
+* `Upload(UploadRequest)`: the signature (metadata `fedcmd-upload-mac`) must be the one the asked client
+  makes with its ticket for this run, round and client (UNAUTHENTICATED otherwise; a duplicate is
+  PERMISSION_DENIED), all before anything is decoded. The content (an `Upload` archive for train, a JSON
+  object for test, a JSON error report in `content.extra`) is then checked against the request it answers
+  (`validation`) and handed to the round waiting for it (`router.UploadRouter`). SC_INVALID_REQUEST for
+  content that does not decode or fails the checks (the round records it under `rejected_uploads`),
+  SC_NOT_FOUND when no round waits for it any more.
 * `Stop()`: the run ends after the current round (state "stopped").
 """
 import threading
@@ -24,29 +31,46 @@ from easyfl.pb import common_pb2 as common_pb
 from easyfl.pb import server_service_pb2 as server_pb
 from easyfl.pb import server_service_pb2_grpc as server_grpc
 
-from fedcmd_plugin.errors import PluginError
+from fedcmd_plugin.errors import ConfigError, PluginError
 from fedcmd_plugin.federation import codec
-from fedcmd_plugin.federation.messages import Upload
+from fedcmd_plugin.federation.messages import Upload, layout
+from fedcmd_plugin.remote import validation
+from fedcmd_plugin.remote.auth import UPLOAD_MAC, RequireToken, Tickets, presented, read_token
+from fedcmd_plugin.remote.fleet import RemoteFleet
 from fedcmd_plugin.remote.roles import init_role, seed_all
-from fedcmd_plugin.remote.router import UploadRouter
-from fedcmd_plugin.remote.wire import (STATUS_SERVICE, TEST, TRAIN, Endpoint, RemoteError, check_address,
-                                       from_json_object, grpc_server, one_line, to_json)
+from fedcmd_plugin.remote.router import Refused, UploadRouter
+from fedcmd_plugin.remote.transport import state_bytes, transport_for
+from fedcmd_plugin.remote.wire import (STATUS_METHOD, STATUS_SERVICE, TEST, TRAIN, Endpoint, RemoteError,
+                                       check_address, from_json_object, one_line, to_json)
 from fedcmd_plugin.session import logger
 
 SERVER_WORKERS = 32  # concurrent RPCs: one per uploading client, plus Run/Status/Stop
+OPERATOR_METHODS = ("/easyfl.pb.ServerService/Run", "/easyfl.pb.ServerService/Stop", STATUS_METHOD)
 
 
 def pb_status(code, message=""):
     return common_pb.Status(code=code, message=message)
 
 
+class Forbidden(RemoteError):
+    """A run request asks for something this server never does (e.g. reach an address it is not configured for)."""
+
+
 class ServerService(server_grpc.ServerServiceServicer):
-    def __init__(self, conf, users):
+    """conf: the prepared config; data: its FederatedData (client ids, split sizes); transport: how to reach
+    the client services; server_token: the credential their Operate asks for."""
+
+    def __init__(self, conf, data, transport, server_token):
         self.conf = conf
-        self.users = list(users)
+        self.users = list(data.train.users)
+        self.sizes = {cid: {"train": data.train.size(cid), "test": data.test.size(cid)} for cid in self.users}
+        self.task = data.info.task
+        self.transport = transport
+        self.server_token = server_token
         self.router = UploadRouter()
         self.lock = threading.Lock()
         self.server = None  # the algorithm's server of the current / last run
+        self.tickets = None  # the current / last run's upload credentials
         self.thread = None
         self.state = {"state": "idle"}
         self.log = logger()
@@ -54,23 +78,28 @@ class ServerService(server_grpc.ServerServiceServicer):
     # ----- Run ---------------------------------------------------------------------------------------------------
     def Run(self, request, context):
         with self.lock:
-            if self.running():
-                return server_pb.RunResponse(status=pb_status(
-                    common_pb.SC_ALREADY_EXISTS, f"run {self.state['run_id']} is in progress: wait for it or Stop it"))
             try:
                 endpoints = self.resolve_clients(request.clients)
+                if self.running():
+                    return server_pb.RunResponse(status=pb_status(
+                        common_pb.SC_ALREADY_EXISTS, f"run {self.state['run_id']} is in progress: wait for it or "
+                                                     "Stop it"))
                 server, model = self.build()
                 self.apply_initial_model(request.model, model)
+            except Forbidden as exc:
+                self.log.error(f"run request refused: {one_line(exc)}")
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, one_line(exc))
             except PluginError as exc:
                 self.log.error(f"run request refused: {one_line(exc)}")
                 return server_pb.RunResponse(status=pb_status(common_pb.SC_INVALID_REQUEST, one_line(exc)))
             run_id = uuid.uuid4().hex[:12]
-            server.remote_router = self.router
-            server.remote_run_id = run_id
+            self.tickets = Tickets(run_id)
+            fleet = self.fleet_for(server, model, endpoints)
+            server.fleet = fleet
             self.server = server
             self.state = {"state": "running", "run_id": run_id, "rounds": int(self.conf.server.rounds),
                           "clients": [e.cid for e in endpoints], "started": time.time()}
-            self.thread = threading.Thread(target=self.execute, args=(run_id, server, model, endpoints),
+            self.thread = threading.Thread(target=self.execute, args=(run_id, server, model, endpoints, fleet),
                                            name=f"fedcmd-run-{run_id}", daemon=True)
             self.thread.start()
         described = ", ".join(f"{e.cid}@{e.address}" for e in endpoints)
@@ -78,20 +107,25 @@ class ServerService(server_grpc.ServerServiceServicer):
         return server_pb.RunResponse(status=pb_status(common_pb.SC_OK,
                                                    f"run {run_id} started with {len(endpoints)} clients"))
 
+    def fleet_for(self, server, model, endpoints):
+        """The run's RemoteFleet: the client services, this run's tickets and the checks of their answers."""
+        state = {key: value.detach().clone() for key, value in model.state_dict().items()}
+        policy = validation.Policy(state, self.sizes, self.task, len(getattr(model, "block_names", ())),
+                                   self.conf.remote.max_abs_value)
+        return RemoteFleet(self.conf, endpoints, self.transport, self.server_token, self.router, self.tickets,
+                           policy, state, note=lambda round_index, values: server.recorder.log_round(round_index,
+                                                                                                     values))
+
     def running(self):
         return self.thread is not None and self.thread.is_alive()
 
     def resolve_clients(self, clients):
-        """RunRequest.clients -> [Endpoint]; the server's remote.client_addresses when the list is empty."""
+        """RunRequest.clients -> [Endpoint] at the configured addresses; every configured client when empty."""
+        configured = [check_address(a, "remote.client_addresses entry") for a in self.conf.remote.client_addresses]
         if not clients:
-            addresses = list(self.conf.remote.client_addresses)
-            if not addresses:
-                raise RemoteError("the run request names no clients and the server's remote.client_addresses is "
-                                  "empty")
-            clients = [server_pb.Client(client_id="", address=a, index=i) for i, a in enumerate(addresses)]
+            clients = [server_pb.Client(client_id="", address=a, index=i) for i, a in enumerate(configured)]
         endpoints, seen = [], set()
         for client in clients:
-            address = check_address(client.address, f"address of client {client.client_id or client.index}")
             if client.client_id in self.users:
                 cid = client.client_id
             elif 0 <= client.index < len(self.users):
@@ -102,7 +136,14 @@ class ServerService(server_grpc.ServerServiceServicer):
             if cid in seen:
                 raise RemoteError(f"client {cid} is named twice in the run request")
             seen.add(cid)
-            endpoints.append(Endpoint(cid, address, self.users.index(cid)))
+            index = self.users.index(cid)
+            if index >= len(configured):
+                raise Forbidden(f"client {cid} has no address in the server's remote.client_addresses "
+                                f"({len(configured)} configured)")
+            if client.address.strip() and client.address.strip() != configured[index]:
+                raise Forbidden(f"the run request names {client.address.strip()!r} for client {cid}; this server "
+                                f"reaches it only at its configured address")
+            endpoints.append(Endpoint(cid, configured[index], index))
         return endpoints
 
     def build(self):
@@ -136,7 +177,7 @@ class ServerService(server_grpc.ServerServiceServicer):
         model.load_state_dict({k: v.to(state[k].dtype) for k, v in tensors.items()})
         self.log.info("the run starts from the model archive in the run request")
 
-    def execute(self, run_id, server, model, endpoints):
+    def execute(self, run_id, server, model, endpoints, fleet):
         outcome = {"state": "complete", "error": None}
         try:
             server.start(model, endpoints)
@@ -146,9 +187,7 @@ class ServerService(server_grpc.ServerServiceServicer):
             outcome = {"state": "failed", "error": one_line(exc)}
             self.log.error(f"run {run_id} failed: {outcome['error']}")
         finally:
-            fleet = getattr(server, "fleet", None)
-            if hasattr(fleet, "close"):
-                fleet.close()
+            fleet.close()
         recorder = getattr(server, "recorder", None)
         evaluation = getattr(server, "last_evaluation", None) or {}
         with self.lock:
@@ -184,38 +223,57 @@ class ServerService(server_grpc.ServerServiceServicer):
 
     # ----- uploads -----------------------------------------------------------------------------------------------
     def Upload(self, request, context):
-        code, message = self.route(request)
-        if code != common_pb.SC_OK:
-            self.log.warning(f"upload from {request.client_id or '?'} (round {request.round_id + 1}) refused: "
-                             f"{message}")
-        return server_pb.UploadResponse(status=pb_status(code, message))
-
-    def route(self, request):
-        content, cid = request.content, request.client_id
-        if content.type == common_pb.DATA_TYPE_PARAMS:
-            kind = TRAIN
-        elif content.type == common_pb.DATA_TYPE_PERFORMANCE:
-            kind = TEST
-        else:
-            return common_pb.SC_INVALID_REQUEST, f"unknown content type {content.type}"
+        kind = {common_pb.DATA_TYPE_PARAMS: TRAIN, common_pb.DATA_TYPE_PERFORMANCE: TEST}.get(request.content.type)
+        where = f"upload from {request.client_id or '?'} (round {request.round_id + 1})"
+        tickets = self.tickets
+        signature = presented(context.invocation_metadata(), UPLOAD_MAC)
+        if kind is None or tickets is None or not tickets.verify(request, kind, signature):
+            self.log.warning(f"{where} refused: not signed with the ticket of this run, round and client")
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "the upload is not signed with the ticket the server "
+                                                           "issued for this run, round and client")
         key = (request.task_id, request.round_id, kind)
         try:
-            if content.extra:
+            code, message = self.route(key, request)
+        except Refused as exc:
+            self.log.warning(f"{where} refused: {exc}")
+            if not exc.late:
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+            code, message = common_pb.SC_NOT_FOUND, str(exc)
+        return server_pb.UploadResponse(status=pb_status(code, message))
+
+    def route(self, key, request):
+        """Check a signed upload against its request and hand it to the waiting round: (status code, message)."""
+        content, cid = request.content, request.client_id
+        expected = self.router.expectation(key, cid)
+        if content.extra:
+            try:
                 report = from_json_object(content.extra, "the upload's error report")
-                accepted, message = self.router.deliver(key, cid, error=f"reported: {report.get('error', report)}")
-            elif kind == TRAIN:
-                upload = Upload.from_bytes(content.data)
-                if upload.cid != cid:
-                    raise RemoteError(f"an upload of client {upload.cid!r} was sent as client {cid!r}")
-                accepted, message = self.router.deliver(key, cid, value=upload)
-            else:
-                result = from_json_object(content.data, "the evaluation result")
-                if result.setdefault("cid", cid) != cid:
-                    raise RemoteError(f"a result of client {result['cid']!r} was sent as client {cid!r}")
-                accepted, message = self.router.deliver(key, cid, value=result)
-        except PluginError as exc:
-            return common_pb.SC_INVALID_REQUEST, f"rejected: {one_line(exc)}"
-        return (common_pb.SC_OK if accepted else common_pb.SC_NOT_FOUND), message
+            except PluginError as exc:
+                report = {"error": f"an unreadable error report ({one_line(exc)})"}
+            self.router.deliver(key, cid, error=f"reported: {str(report.get('error', report))[:500]}")
+            return common_pb.SC_OK, "error report accepted"
+        try:
+            value = self.checked(expected, content.data)
+        except PluginError as exc:  # validation.Rejected, or content that does not decode
+            reason = one_line(exc)
+            self.log.warning(f"round {key[1] + 1}: rejected the {key[2]} answer of client {cid}: {reason}")
+            self.router.deliver(key, cid, rejected=reason)
+            return common_pb.SC_INVALID_REQUEST, f"rejected: {reason}"
+        self.router.deliver(key, cid, value=value)
+        return common_pb.SC_OK, "accepted"
+
+    @staticmethod
+    def checked(expected, data):
+        """The decoded answer, after its layout (from the header alone) and then its values passed the checks."""
+        if expected.kind == TRAIN:
+            groups, _ = layout(data)
+            validation.check_layout(expected, groups)
+            upload = Upload.from_bytes(data)
+            validation.check_upload(expected, upload)
+            return upload
+        result = from_json_object(data, "the evaluation result")
+        validation.check_result(expected, result)
+        return {**result, "cid": expected.cid}
 
 
 def status_handler(service):
@@ -224,10 +282,11 @@ def status_handler(service):
     return grpc.method_handlers_generic_handler(STATUS_SERVICE, {"Get": method})
 
 
-def start(conf, users):
+def start(conf, data, transport, operator_token, server_token):
     """The service and its started gRPC server (listening on remote.bind:remote.server_port)."""
-    service = ServerService(conf, users)
-    grpc_srv = grpc_server(str(conf.remote.bind), int(conf.remote.server_port), SERVER_WORKERS)
+    service = ServerService(conf, data, transport, server_token)
+    guard = RequireToken(operator_token, OPERATOR_METHODS, "operator")
+    grpc_srv = transport.server(str(conf.remote.bind), int(conf.remote.server_port), SERVER_WORKERS, [guard])
     server_grpc.add_ServerServiceServicer_to_server(service, grpc_srv)
     grpc_srv.add_generic_rpc_handlers((status_handler(service),))
     grpc_srv.start()
@@ -237,12 +296,19 @@ def start(conf, users):
 def serve(conf, stop_event=None):
     """`fedcmd-plugin remote server`: serve runs until SIGTERM/SIGINT (or `stop_event` is set)."""
     from fedcmd_plugin.data import load_federated
+    from fedcmd_plugin.registry import ConfiguredModel
     from fedcmd_plugin.remote.wire import serve_until_stopped
 
+    operator_token = read_token(conf.remote.operator_token, "remote.operator_token")
+    server_token = read_token(conf.remote.server_token, "remote.server_token")
+    if not conf.remote.client_addresses:
+        raise ConfigError("config key 'remote.client_addresses' is empty: the server reaches only the client "
+                          "services named there, e.g. remote.client_addresses=[host0:23000,host1:23000]")
     conf = init_role(conf, conf.remote.server_port)
-    users = load_federated(conf).train.users
-    service, grpc_srv = start(conf, users)
-    logger().info(f"fedcmd-plugin server ({conf.algorithm}, {conf.data.dataset}, {len(users)} clients in the "
-                  f"partition) listening on {conf.remote.bind}:{conf.remote.server_port}")
+    data = load_federated(conf)
+    transport = transport_for(conf, "server", state_bytes(ConfiguredModel().state_dict()))
+    service, grpc_srv = start(conf, data, transport, operator_token, server_token)
+    logger().info(f"fedcmd-plugin server ({conf.algorithm}, {conf.data.dataset}, {len(service.users)} clients in "
+                  f"the partition) listening on {conf.remote.bind}:{conf.remote.server_port}")
     serve_until_stopped(grpc_srv, stop_event, on_stop=service.shutdown)
     return 0

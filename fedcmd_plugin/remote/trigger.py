@@ -1,9 +1,9 @@
 """Starting a remote run and waiting for its end.
 
-`trigger(conf)` sends EasyFL's `RunRequest` to `remote.server_address` naming the client services of
-`remote.client_addresses` (the i-th address hosts client index i, id c<i:03d>), then polls the server's
-status method until the run is complete. `run_status` / `wait_for_run` also serve runs started another way,
-e.g. with EasyFL's own stub.
+`trigger(conf)` sends EasyFL's `RunRequest` to `remote.server_address` with the operator's token, naming the
+client services of `remote.client_addresses` (the i-th address hosts client index i, id c<i:03d>; an empty
+list means all the server is configured for), then polls the server's status method until the run is
+complete. `run_status` / `wait_for_run` also serve runs started another way, e.g. with EasyFL's own stub.
 """
 import time
 
@@ -12,33 +12,36 @@ from easyfl.pb import common_pb2 as common_pb
 from easyfl.pb import server_service_pb2 as server_pb
 from easyfl.pb import server_service_pb2_grpc as server_grpc
 
-from fedcmd_plugin.errors import ConfigError
-from fedcmd_plugin.remote.wire import (STATUS_METHOD, RemoteError, channel, from_json_object, rpc_error_text,
-                                       to_json, wait_ready)
+from fedcmd_plugin.remote.auth import bearer, read_token
+from fedcmd_plugin.remote.transport import transport_for
+from fedcmd_plugin.remote.wire import STATUS_METHOD, RemoteError, from_json_object, rpc_error_text, to_json, wait_ready
 from fedcmd_plugin.session import logger
 
 FINISHED = ("complete", "stopped", "failed")
 
 
-def run_status(chan, timeout=30.0):
-    """The server's status dict over an open channel."""
+def run_status(chan, metadata, timeout=30.0):
+    """The server's status dict over an open channel; `metadata` carries the operator's token (`auth.bearer`)."""
     get = chan.unary_unary(STATUS_METHOD)
-    return from_json_object(get(to_json({}), timeout=timeout), "the server's status")
+    return from_json_object(get(to_json({}), timeout=timeout, metadata=metadata), "the server's status")
 
 
-def wait_for_run(chan, address, run_id=None, timeout=None, poll=1.0, lost_after=60.0, report=None):
+def wait_for_run(chan, address, metadata, run_id=None, timeout=None, poll=1.0, lost_after=60.0, report=None):
     """Poll until run `run_id` (default: the current one) has finished; returns its final status dict.
 
-    RemoteError when it failed, when `timeout` seconds passed (the run goes on on the server) or when the
-    server cannot be reached for `lost_after` seconds."""
+    RemoteError when it failed, when `timeout` seconds passed (the run goes on on the server), when the
+    server refuses the token or cannot be reached for `lost_after` seconds."""
     started = last_contact = time.monotonic()
     last_round = None
     while True:
         now = time.monotonic()
         try:
-            state = run_status(chan)
+            state = run_status(chan, metadata)
             last_contact = now
         except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                raise RemoteError(f"the server at {address} refused the status request: {rpc_error_text(exc)}") \
+                    from None
             if now - last_contact > lost_after:
                 raise RemoteError(f"lost the server at {address} for {lost_after:.0f} s ({rpc_error_text(exc)})") \
                     from None
@@ -72,17 +75,15 @@ def trigger(conf, timeout=None, connect_timeout=120.0, poll=1.0):
     from fedcmd_plugin.remote.roles import check_remote_config
 
     check_remote_config(conf)
-    addresses = list(conf.remote.client_addresses)
-    if not addresses:
-        raise ConfigError("remote.client_addresses is empty: name the client services, e.g. "
-                          "remote.client_addresses=[host0:23000,host1:23000]")
+    metadata = bearer(read_token(conf.remote.operator_token, "remote.operator_token"))
     address = str(conf.remote.server_address)
     log = logger()
-    chan = channel(address)
+    chan = transport_for(conf, "trigger").channel(address)
     try:
         wait_ready(chan, address, connect_timeout)
         try:
-            answer = server_grpc.ServerServiceStub(chan).Run(run_request(addresses), timeout=120)
+            answer = server_grpc.ServerServiceStub(chan).Run(run_request(list(conf.remote.client_addresses)),
+                                                             timeout=120, metadata=metadata)
         except grpc.RpcError as exc:
             raise RemoteError(f"run request to {address} failed: {rpc_error_text(exc)}") from None
         if answer.status.code != common_pb.SC_OK:
@@ -94,7 +95,7 @@ def trigger(conf, timeout=None, connect_timeout=120.0, poll=1.0):
         def report(state):
             log.info(f"run {state.get('run_id')}: round {state.get('round')}/{state.get('rounds')}")
 
-        final = wait_for_run(chan, address, run_id, timeout, poll, report=report)
+        final = wait_for_run(chan, address, metadata, run_id, timeout, poll, report=report)
     finally:
         chan.close()
     summary = final.get("summary") or {}

@@ -1,24 +1,20 @@
-"""What the remote roles share: gRPC channels and servers, addresses, status codes, JSON payloads and the
-remote envelope around a round's `Dispatch`.
+"""What the remote roles share: addresses, serving until stopped, status texts, JSON payloads and the remote
+envelope around a round's `Dispatch`.
 
 Payloads are the plugin's tensor archives (`Dispatch`/`Upload` bytes) or JSON; nothing here unpickles.
 """
 import json
 import signal
+import string
 import threading
-from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
 
 from fedcmd_plugin.errors import ConfigError, PluginError
+from fedcmd_plugin.federation import codec
 from fedcmd_plugin.federation.messages import Dispatch
 
-MAX_MESSAGE_BYTES = 512 * 1024 * 1024  # whole models travel in one message
-CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-]
 # The server's run status (JSON in, JSON out) next to EasyFL's ServerService on the same port.
 STATUS_SERVICE = "fedcmd_plugin.remote.RunStatus"
 STATUS_METHOD = f"/{STATUS_SERVICE}/Get"
@@ -55,29 +51,12 @@ def check_port(value, key):
     return value
 
 
-def channel(address):
-    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-
-
 def wait_ready(chan, address, timeout):
     """Block until `chan` is connected; RemoteError naming `address` after `timeout` seconds."""
     try:
         grpc.channel_ready_future(chan).result(timeout=timeout)
     except grpc.FutureTimeoutError:
         raise RemoteError(f"cannot reach {address} within {timeout:.0f} s") from None
-
-
-def grpc_server(bind, port, workers):
-    """A started-later gRPC server listening on bind:port; ConfigError when the port cannot be used."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=CHANNEL_OPTIONS)
-    host = f"[{bind}]" if ":" in bind and not bind.startswith("[") else bind
-    try:
-        bound = server.add_insecure_port(f"{host}:{port}")
-    except RuntimeError:
-        bound = 0
-    if not bound:
-        raise ConfigError(f"cannot listen on {bind}:{port} (port in use or address not available)")
-    return server
 
 
 def serve_until_stopped(grpc_srv, stop_event=None, on_stop=None, grace=1.0):
@@ -128,18 +107,20 @@ def from_json_object(payload, what):
     """A JSON object (dict) from bytes; RemoteError for anything else."""
     try:
         obj = json.loads(bytes(payload).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise RemoteError(f"{what} is not JSON") from None
+        codec.check_depth(obj)
+    except (UnicodeDecodeError, ValueError, RecursionError, codec.CodecError):
+        raise RemoteError(f"{what} is not JSON of at most {codec.MAX_DEPTH} levels") from None
     if not isinstance(obj, dict):
         raise RemoteError(f"{what} is not a JSON object")
     return obj
 
 
 # ----- the envelope around a Dispatch ----------------------------------------------------------------------------
-def wrap(dispatch, splits=None, initial_state=None):
+def wrap(dispatch, ticket, splits=None, initial_state=None):
     """The Dispatch a client service receives: the algorithm's Dispatch plus, in a reserved meta entry, the
-    evaluation splits and (on first contact in a run) the run's initial state in reserved extra entries."""
-    envelope = {}
+    client's upload ticket and the evaluation splits, and (on first contact in a run) the run's initial state
+    in reserved extra entries."""
+    envelope = {"ticket": ticket}
     extra = dict(dispatch.extra)
     if splits is not None:
         envelope["splits"] = list(splits)
@@ -155,8 +136,9 @@ def unwrap(dispatch):
     """(the algorithm's Dispatch, envelope dict, initial state or None): `wrap` undone."""
     meta = dict(dispatch.meta)
     envelope = meta.pop(ENVELOPE_KEY, {})
-    if not isinstance(envelope, dict):
-        raise RemoteError("dispatch envelope is malformed")
+    ticket = envelope.get("ticket") if isinstance(envelope, dict) else None
+    if not isinstance(ticket, str) or len(ticket) != 64 or set(ticket) - set(string.hexdigits):
+        raise RemoteError("dispatch envelope is malformed or carries no upload ticket")
     extra, initial = {}, {}
     for key, value in dispatch.extra.items():
         if key.startswith(INITIAL_PREFIX):

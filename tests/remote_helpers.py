@@ -1,0 +1,173 @@
+"""Remote-mode test helpers: services as real processes on free 127.0.0.1 ports, and what their run folders hold.
+
+Every process runs in its own process group and is killed by `Processes.stop()` (the fixtures call it in a
+`finally`, whatever the outcome); every wait has a deadline.
+"""
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "fedavg_digits.yaml"
+START_TIMEOUT = 120  # seconds for a service to listen (imports torch and builds the data on a loaded machine)
+RUN_TIMEOUT = 300  # seconds for a whole small run
+
+# Every role reads its tokens from these variables (the defaults of remote.operator_token / server_token).
+TOKENS = {"FEDCMD_OPERATOR_TOKEN": "operator-token-for-the-tests", "FEDCMD_SERVER_TOKEN": "server-token-for-the-tests"}
+OPERATOR = (("authorization", "Bearer " + TOKENS["FEDCMD_OPERATOR_TOKEN"]),)
+
+# Small FedAvg run on the embedded digits: 2 clients, 2 rounds, evaluated every round.
+RUN = ["data.num_of_clients=2", "server.clients_per_round=2", "server.rounds=2", "server.test_every=1",
+       "client.local_epoch=2", "output.progress=false", "output.tensorboard=false", "output.save_fig=false",
+       "remote.bind=127.0.0.1", "num_threads=1"]  # one torch thread: the processes share the cores
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def listening(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+class Processes:
+    """Services started in their own process groups, with logs in `folder` and the tokens in their environment;
+    `stop()` kills them all."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.procs = {}
+        self.env = {**os.environ, **TOKENS}
+
+    def start(self, name, args, script=None):
+        log = open(self.folder / f"{name}.log", "w")
+        command = [sys.executable, str(script)] if script else [sys.executable, "-m", "fedcmd_plugin"]
+        proc = subprocess.Popen([*command, *map(str, args)], cwd=self.folder, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, env=self.env)
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def log(self, name):
+        return (self.folder / f"{name}.log").read_text(errors="replace")
+
+    def wait_listening(self, name, port, timeout=START_TIMEOUT):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.procs[name].poll() is not None:
+                pytest.fail(f"{name} exited with {self.procs[name].returncode} before listening:\n{self.log(name)}")
+            if listening(port):
+                return
+            time.sleep(0.5)
+        pytest.fail(f"{name} did not listen on {port} within {timeout} s:\n{self.log(name)}")
+
+    def stop(self):
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 10
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # also anything the service may have spawned
+            except (ProcessLookupError, PermissionError):
+                pass
+            if proc.poll() is None:
+                proc.wait(timeout=10)
+
+
+class Cluster:
+    """A server and two client services on free loopback ports, sharing one folder and config; `roles` adds
+    overrides for one role only ({"server"|"client"|"trigger": [...]}, e.g. its certificate)."""
+
+    def __init__(self, folder, extra=(), client_scripts=None, roles=None):
+        self.folder = Path(folder)
+        self.server_port, self.client_ports = free_port(), [free_port(), free_port()]
+        self.address = f"127.0.0.1:{self.server_port}"
+        self.overrides = [*RUN, f"output.root={self.folder / 'runs'}", f"data.root={self.folder / 'data'}",
+                          f"remote.server_address={self.address}",
+                          "remote.client_addresses=[" + ",".join(self.client_addresses) + "]", *extra]
+        self.processes = Processes(self.folder)
+        self.client_scripts = client_scripts or {}
+        self.roles = roles or {}
+
+    @property
+    def client_addresses(self):
+        return [f"127.0.0.1:{port}" for port in self.client_ports]
+
+    def start(self):
+        self.processes.start("server", ["remote", "server", CONFIG, *self.overrides, *self.roles.get("server", ()),
+                                        f"remote.server_port={self.server_port}"])
+        for index, port in enumerate(self.client_ports):
+            self.processes.start(f"client{index}", ["remote", "client", CONFIG, "--index", index, *self.overrides,
+                                                    *self.roles.get("client", ()), f"remote.client_port={port}"],
+                                 script=self.client_scripts.get(index))
+        self.processes.wait_listening("server", self.server_port)
+        for index, port in enumerate(self.client_ports):
+            self.processes.wait_listening(f"client{index}", port)
+        return self
+
+    def trigger_command(self, timeout=RUN_TIMEOUT):
+        return ["remote", "trigger", CONFIG, *self.overrides, *self.roles.get("trigger", ()), "--timeout", timeout]
+
+    def trigger(self, timeout=RUN_TIMEOUT):
+        """Run the trigger to its end: the CompletedProcess."""
+        return subprocess.run([sys.executable, "-m", "fedcmd_plugin", *map(str, self.trigger_command(timeout))],
+                              cwd=self.folder, capture_output=True, text=True, timeout=timeout + 60,
+                              stdin=subprocess.DEVNULL, env=self.processes.env)
+
+    def run_folders(self):
+        root = self.folder / "runs"
+        return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+    def logs(self):
+        return "\n".join(f"--- {name}\n{self.processes.log(name)[-3000:]}" for name in self.processes.procs)
+
+
+def read_json(path):
+    return json.loads(Path(path).read_text())
+
+
+def client_rows(folder):
+    with open(Path(folder) / "clients.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def assert_complete(folder, rounds=2):
+    assert read_json(folder / "status.json")["state"] == "complete"
+    final = read_json(folder / "summary.json")["final"]
+    assert 0 <= final["accuracy"] <= 100 and final["evaluated_clients"] >= 1
+    metrics = read_json(folder / "metrics.json")
+    assert [row["round"] for row in metrics] == list(range(1, rounds + 1))
+    assert all(row["round_seconds"] > 0 for row in metrics)
+    return metrics
+
+
+class Trap:
+    """Unpickling this creates `path`: proof that a payload was (or was not) unpickled."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
