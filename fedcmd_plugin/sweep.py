@@ -276,6 +276,7 @@ def run_sweep(cells, root, workers=None, progress=True, meta=None, python=sys.ex
             if "error" in result:
                 bar.write(f"cell {cell.name} failed: {result['error']}")
             else:
+                result["commit"] = meta.get("commit")  # the code a cell ran on, also when resumed elsewhere
                 files.write_json(root / "cells" / f"{cell.name}.json", result)
             results.append(result)
             bar.update(1)
