@@ -61,7 +61,8 @@ def main():
     summary = json.loads((Path(args.work) / "sweep.json").read_text())["meta"]
     write_json(Path(args.output).with_name(Path(args.output).stem + "_meta.json"), summary)
     print(sweep.markdown(table, args.methods))
-    print(f"wall {summary['wall_seconds']} s with {summary['workers']} workers; written: {args.output}")
+    print(f"this invocation: {summary['wall_seconds']} s wall with {summary['workers']} workers; all cells together: "
+          f"{summary['cell_seconds_total']} s; written: {args.output}")
     for result in failed:
         print(f"failed: {result['label']} {result['setting']} seed {result['seed']}: {result['error']}")
     return 1 if failed else 0
