@@ -17,7 +17,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "fedavg_digits.yaml"
-START_TIMEOUT = 120  # seconds for a service to listen (imports torch and builds the data on a loaded machine)
+START_TIMEOUT = 300  # seconds for a service to listen (imports torch and builds the data on a loaded machine)
 RUN_TIMEOUT = 300  # seconds for a whole small run
 
 # Every role reads its tokens from these variables (the defaults of remote.operator_token / server_token).

@@ -194,9 +194,7 @@ def test_envelope_round_trip():
     import torch
 
     from fedcmd_plugin.federation.messages import Dispatch
-    from fedcmd_plugin.remote.wire import unwrap, wrap
-
-    from fedcmd_plugin.remote.wire import RemoteError
+    from fedcmd_plugin.remote.wire import RemoteError, unwrap, wrap
 
     dispatch = Dispatch({"a": torch.ones(2)}, {"round": 3}, {"x": torch.zeros(1)})
     ticket = "ab" * 32
