@@ -9,12 +9,16 @@ from fedcmd_plugin.baselines.common import classification_model
 from fedcmd_plugin.federation.client import FederatedClient
 from fedcmd_plugin.federation.server import FederatedServer
 
-SEEN_MU = []  # the proximal weight each client trained with
+SEEN_MU = []  # the proximal weight each client reports it trained with (clients may run in worker processes)
 
 
 class ProxServer(FederatedServer):
     def round_meta(self):
         return {"mu": self.conf.fedprox.mu}
+
+    def aggregate(self, uploads):
+        SEEN_MU.extend(u.meta["mu"] for u in uploads)
+        super().aggregate(uploads)
 
 
 class ProxClient(FederatedClient):
@@ -22,7 +26,7 @@ class ProxClient(FederatedClient):
 
     def pre_train(self):
         self.anchor = {name: p.detach().clone() for name, p in self.model.named_parameters()}
-        SEEN_MU.append(self.dispatch.meta["mu"])
+        self.round_stats["mu"] = self.dispatch.meta["mu"]
 
     def train_batch(self, x, y, epoch, batch_index):
         prox = sum(((p - self.anchor[name]) ** 2).sum() for name, p in self.model.named_parameters())
