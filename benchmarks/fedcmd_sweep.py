@@ -4,7 +4,9 @@ Runs `fedcmd-plugin sweep` (one worker process per core by default) over the FMN
 `configs/<method>_fmnist.yaml` (100 clients, balanced Dirichlet, LeNet-5 with BatchNorm, 10 clients per round)
 at each alpha and seed, and writes `benchmarks/results/fedcmd_sweep.json` shaped as
 {"<dataset>/alpha=<a>": {"<method>": {"mean", "std", "per_seed", "rounds", ...}}} plus a `_meta.json` beside it
-(machine, commit, workers, wall time). Cells already finished in `--work` are skipped, so it resumes.
+(machine, commit, workers, wall time). Cells already finished in `--work` or committed in
+`benchmarks/results/fedcmd_sweep_cells/` are skipped, so it resumes from any checkout; finished cells are copied
+there.
 
     python benchmarks/fedcmd_sweep.py                     # FMNIST, alpha 0.1 and 0.5, seeds 0 1 2, 100 rounds
     python benchmarks/fedcmd_sweep.py --rounds 200 --methods fedcmd fedper pfedsim --output ...200.json
@@ -12,6 +14,7 @@ at each alpha and seed, and writes `benchmarks/results/fedcmd_sweep.json` shaped
 """
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from common import ROOT, write_json
 
 from fedcmd_plugin import sweep
 
+CELLS = ROOT / "benchmarks" / "results" / "fedcmd_sweep_cells"  # finished cells, kept so any checkout resumes
 METHODS = ["fedcmd", "fedper", "fedcmd_round", "pfedsim", "lg_fedavg", "fedrep", "local", "fedavg", "fedcmd_reference"]
 
 
@@ -37,6 +41,26 @@ def parse_args():
     return parser.parse_args()
 
 
+def restore_cells(work):
+    """Start from the cells already finished and committed (they are identified by config content, not path)."""
+    target = Path(work) / "cells"
+    target.mkdir(parents=True, exist_ok=True)
+    for cell in CELLS.glob("*.json"):
+        if not (target / cell.name).exists():
+            shutil.copy(cell, target / cell.name)
+
+
+def keep_cells(work):
+    """The finished cells into benchmarks/results, without the paths of this machine."""
+    CELLS.mkdir(parents=True, exist_ok=True)
+    for cell in (Path(work) / "cells").glob("*.json"):
+        result = json.loads(cell.read_text())
+        result.pop("folder", None)
+        result["config"] = str(Path(result["config"]).relative_to(ROOT)) if result["config"].startswith(str(ROOT)) \
+            else result["config"]
+        write_json(CELLS / cell.name, result)
+
+
 def main():
     args = parse_args()
     if args.quick:
@@ -52,12 +76,16 @@ def main():
             sys.exit(f"error: {config} does not exist")
         methods.append((method, str(config), ()))
     cells = sweep.plan(methods, args.seeds, items)
+    if not args.quick:
+        restore_cells(args.work)
     meta = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), **sweep.machine()}
     if args.collect:
         cells = [c for c in cells if sweep.finished(args.work, c)]
         meta["collected_only"] = True
     table, failed = sweep.run_sweep(cells, args.work, args.workers, progress=sys.stderr.isatty(), meta=meta)
     write_json(args.output, table)
+    if not args.quick:
+        keep_cells(args.work)
     summary = json.loads((Path(args.work) / "sweep.json").read_text())["meta"]
     write_json(Path(args.output).with_name(Path(args.output).stem + "_meta.json"), summary)
     print(sweep.markdown(table, args.methods))
