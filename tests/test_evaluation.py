@@ -1,6 +1,8 @@
 """EasyFL's evaluation keys: test_mode (whose model is tested), test_method (how the headline averages clients),
 random selection and periodic checkpoints, checked against models rebuilt from the run's checkpoints."""
 import csv
+import json
+import math
 
 import pytest
 import torch
@@ -76,3 +78,25 @@ def test_in_server_without_a_global_model_is_refused(small_digits_config, tmp_ru
         run_experiment(conf)
     assert tmp_run_dir.run_folders() == []
 
+
+
+def test_sampled_accuracy_interval_hand_case():
+    from fedcmd_plugin.federation.evaluation import sampled_accuracy_interval
+
+    # 3 of 6 clients, 10 test samples each, 8, 5 and 9 right: R = 22/30; residuals 2/3, -7/3, 5/3 -> s^2 = 26/6;
+    # var = (1 - 3/6) * s^2 / (3 * 10^2) -> half width 1.96 * sqrt(var).
+    low, high = sampled_accuracy_interval([8, 5, 9], [10, 10, 10], population=6)
+    half = 1.96 * math.sqrt(0.5 * (26 / 6) / 300)
+    assert math.isclose(low, 100 * (22 / 30 - half)) and math.isclose(high, 100 * (22 / 30 + half))
+    assert sampled_accuracy_interval([8, 5, 9], [10, 10, 10], population=3) == (100 * 22 / 30, 100 * 22 / 30)
+    with pytest.raises(ValueError):
+        sampled_accuracy_interval([1, 2], [2, 2], population=1)
+
+
+def test_a_sample_of_clients_per_test_round_and_all_after_the_last(small_digits_config):
+    conf = small_digits_config(server__rounds=4, server__test_every=2, evaluation__sample_clients=4)
+    rows = json.loads((run_experiment(conf)["folder"] / "metrics.json").read_text())
+    sampled, final = [r for r in rows if r["round"] == 2][0], [r for r in rows if r["round"] == 4][0]
+    assert sampled["evaluated_clients"] == 4 and sampled["sampled_from"] == 10
+    assert sampled["accuracy_ci95_low"] <= sampled["accuracy"] <= sampled["accuracy_ci95_high"]
+    assert final["evaluated_clients"] == 10 and "accuracy_ci95_low" not in final

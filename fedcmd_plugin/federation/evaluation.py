@@ -53,3 +53,24 @@ def summarise_classification(results, split="test", method="weighted"):
     for r in rows:
         r[f"{split}_accuracy"] = float(100.0 * r[f"{split}_correct"] / r[f"{split}_total"])
     return summary
+
+
+def sampled_accuracy_interval(correct, total, population, z=1.96):
+    """(low, high) in percent: the 95% interval of the population's pooled accuracy sum(correct) / sum(total)
+    estimated from a simple random sample of its clients (ratio estimator, finite-population corrected).
+
+    A client is one cluster of test samples, so the spread comes from how clients differ, not from their samples;
+    a census (the sample is the population) has no sampling error.
+    """
+    correct, total = np.asarray(correct, dtype=float), np.asarray(total, dtype=float)
+    k = len(total)
+    if k == 0 or population < k:
+        raise ValueError(f"a sample of {k} clients from a population of {population}")
+    ratio = correct.sum() / total.sum()
+    if k == 1 or k == population:
+        spread = 0.0 if k == population else float("inf")
+    else:
+        residual = correct - ratio * total
+        variance = (1 - k / population) * (residual ** 2).sum() / (k - 1) / (k * total.mean() ** 2)
+        spread = z * float(np.sqrt(variance))
+    return 100.0 * (ratio - spread), 100.0 * (ratio + spread)

@@ -2,7 +2,8 @@
 
 One round: seeded selection -> this rank's share of the clients -> `dispatch_for(cid)` -> client round ->
 uploads gathered from all ranks -> `aggregate(uploads)`. Every `test_every` rounds each client's personalised
-model (test_mode=test_in_client) or the global model (test_in_server) is evaluated on each client's test split. Algorithms override `personal_keys`, `dispatch_for`, `aggregate`
+model (test_mode=test_in_client) or the global model (test_in_server) is evaluated on each client's test split.
+Algorithms override `personal_keys`, `dispatch_for`, `aggregate`
 and `round_meta`; the maths they call lives in `fedcmd_plugin.aggregate`.
 """
 import time
@@ -15,13 +16,16 @@ from easyfl.server import BaseServer
 from fedcmd_plugin import aggregate as agg
 from fedcmd_plugin.errors import ConfigError, PluginError
 from fedcmd_plugin.federation import distributed, progress
-from fedcmd_plugin.federation.evaluation import measure, summarise_classification
+from fedcmd_plugin.federation.evaluation import measure, sampled_accuracy_interval, summarise_classification
 from fedcmd_plugin.federation.fleet import LocalFleet
 from fedcmd_plugin.federation.messages import Dispatch
 from fedcmd_plugin.federation.seeding import derived_seed
 from fedcmd_plugin.federation.workers import ProcessFleet, threads_per_worker, worker_count
 from fedcmd_plugin.session import logger, prepared_config
 from fedcmd_plugin.tracking import Recorder
+
+
+EVALUATION_CHUNK = 256  # clients whose dispatches exist at once while evaluating
 
 
 class FederatedServer(BaseServer):
@@ -67,7 +71,8 @@ class FederatedServer(BaseServer):
         if conf.test_mode == "test_in_server" and not (
                 self.has_global_model and load_federated(conf).info.task == "classification"):
             raise ConfigError(f"test_mode=test_in_server tests one global classifier, which algorithm "
-                              f"{conf.algorithm!r} on {conf.data.dataset!r} does not have: use test_mode=test_in_client")
+                              f"{conf.algorithm!r} on {conf.data.dataset!r} does not have: "
+                              f"use test_mode=test_in_client")
 
     def make_fleet(self, clients):
         """The fleet handed over before start (e.g. gRPC client services), else the local client objects, trained
@@ -215,7 +220,14 @@ class FederatedServer(BaseServer):
 
     # ----- evaluation -----------------------------------------------------------------------------------------
     def evaluation_clients(self):
-        return self.client_order if self.conf.evaluation.all_clients else self.selected_clients
+        """Every client (or the round's participants); with `evaluation.sample_clients: K`, a sample of K seeded by
+        (seed, round), except after the last round, when every client is evaluated."""
+        clients = self.client_order if self.conf.evaluation.all_clients else self.selected_clients
+        sample = self.conf.evaluation.sample_clients
+        if sample and sample < len(clients) and self._current_round + 1 < self.conf.server.rounds:
+            rng = np.random.default_rng(derived_seed(self.conf.seed, self._current_round, "evaluation"))
+            clients = [clients[i] for i in sorted(rng.choice(len(clients), sample, replace=False))]
+        return clients
 
     def evaluation_splits(self):
         splits = []
@@ -229,9 +241,19 @@ class FederatedServer(BaseServer):
         splits = self.evaluation_splits()
         if not splits:
             return
-        mine = distributed.shard(self.evaluation_clients(), self.rank, self.world)
-        results = sorted(distributed.gather_json(self.evaluate_clients(mine, splits)), key=lambda r: r["cid"])
+        chosen = self.evaluation_clients()
+        mine = distributed.shard(chosen, self.rank, self.world)
+        results = []
+        for start in range(0, len(mine), EVALUATION_CHUNK):  # dispatches of a chunk at a time: bounded memory
+            results += self.evaluate_clients(mine[start:start + EVALUATION_CHUNK], splits)
+        results = sorted(distributed.gather_json(results), key=lambda r: r["cid"])
         summary = self.summarise_evaluation(results)
+        population = len(self.client_order if self.conf.evaluation.all_clients else self.selected_clients)
+        if len(chosen) < population and summary.get("accuracy") is not None:
+            rows = [r for r in results if r.get("test_total")]
+            summary["accuracy_ci95_low"], summary["accuracy_ci95_high"] = sampled_accuracy_interval(
+                [r["test_correct"] for r in rows], [r["test_total"] for r in rows], population)
+            summary["sampled_from"] = population
         self.last_evaluation = {"round": self._current_round, "summary": summary, "clients": results}
         self.recorder.log_evaluation(self._current_round, summary, results)
         self.bar.set_postfix_str(self.recorder.headline(summary), refresh=False)
