@@ -153,6 +153,17 @@ def row_matrix(state, keys):
     return torch.cat([t.reshape(rows, -1) for t in tensors], dim=1)
 
 
+def row_matrix_shape(shapes):
+    """The shape `row_matrix` gives for floating tensors of these shapes (what a signature upload must have)."""
+    shapes = [tuple(shape) for shape in shapes if len(shape) > 0]
+    if not shapes:
+        return (1, 0)
+    rows, total = shapes[0][0], sum(math.prod(shape) for shape in shapes)
+    if any(shape[0] != rows for shape in shapes):
+        return (1, total)
+    return (rows, total // rows if rows else 0)
+
+
 def rowwise_cosine(a, b):
     """max(0, mean over rows r of cos(a_r, b_r)) for two (rows x d) matrices; a zero row contributes 0."""
     if a.shape != b.shape or a.dim() != 2:

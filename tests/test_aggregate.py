@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from fedcmd_plugin.aggregate import (
-    ema, normalise_rows, personalised_aggregates, row_matrix, rowwise_cosine, similarity_matrix, softmax_row_mix,
+    ema, normalise_rows, personalised_aggregates, row_matrix, row_matrix_shape, rowwise_cosine, similarity_matrix,
+    softmax_row_mix,
     weighted_average,
 )
 
@@ -151,3 +152,9 @@ def test_round_mode_weights_hand_example():
     mixed = personalised_aggregates(states, normalise_rows(phi, "sum"), ["w"])
     assert math.isclose(mixed[0]["w"].item(), 3 * c / (1 + c), rel_tol=1e-6)
     assert mixed[2]["w"].item() == 9.0  # dissimilar to everyone: keeps its own
+
+
+def test_row_matrix_shape_matches_row_matrix():
+    for shapes in ([(2, 3), (2,)], [(2, 2), (3,)], [(4, 1, 5, 5), (4,), (4,), ()], [()]):
+        state = {f"k{i}": torch.zeros(shape) for i, shape in enumerate(shapes)}
+        assert tuple(row_matrix(state, list(state)).shape) == row_matrix_shape(shapes), shapes

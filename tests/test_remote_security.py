@@ -180,16 +180,25 @@ def test_signed_uploads_that_fail_the_checks_are_rejected_and_recorded(server_se
 def test_votes_scores_and_signatures_follow_the_request(server_service):
     service, stub, _ = server_service
     scoring = dict(score=True, candidates=[0, 2])
-    cases = [({"vote": 2, "scores": [0.1, 0.2, 0.3]}, {}, common_pb.SC_OK),
-             ({"vote": 1, "scores": [0.1, 0.2, 0.3]}, {}, common_pb.SC_INVALID_REQUEST),  # not a candidate
-             ({"vote": 2, "scores": [0.1] * 9}, {}, common_pb.SC_INVALID_REQUEST),  # one score per block
+    scores = {"exact": [[0.1, 0.2, 0.3], [0.3, 0.2, 0.1]], "mean": [[0.0, 0.0, 0.1], [0.2, 0.0, 0.0]]}
+    cases = [({"vote": 2, "batch_scores": scores}, {}, common_pb.SC_OK),
+             ({"vote": 1, "batch_scores": scores}, {}, common_pb.SC_INVALID_REQUEST),  # not a candidate
+             ({"vote": 2, "batch_scores": {"exact": [[0.1] * 9], "mean": [[0.1] * 9]}}, {},
+              common_pb.SC_INVALID_REQUEST),  # one score per block
+             ({"vote": 2, "batch_scores": {"exact": scores["exact"]}}, {}, common_pb.SC_INVALID_REQUEST),
+             ({"vote": 2, "batch_scores": {"exact": [[-1.0, 0.2, 0.3]], "mean": [[0.0, 0.0, 0.1]]}}, {},
+              common_pb.SC_INVALID_REQUEST),  # a distance is never negative
+             ({"vote": 2, "batch_scores": {"exact": scores["exact"], "mean": scores["mean"][:1]}}, {},
+              common_pb.SC_INVALID_REQUEST),  # the same batches for both distances
              ({"vote": True}, {}, common_pb.SC_INVALID_REQUEST)]
     for index, (meta, extra, expected) in enumerate(cases):
         rnd = Round(service, 10 + index, **scoring)
         assert rnd.signed(stub, "c000", upload(meta=meta, extra=extra)) == (grpc.StatusCode.OK, expected), meta
     signature = dict(signature="update", signature_keys=["w", "b"])
-    for index, (extra, expected) in enumerate([({"signature": torch.ones(9)}, common_pb.SC_OK),
-                                               ({"signature": torch.ones(6)}, common_pb.SC_INVALID_REQUEST),
+    # w (2 x 3) and b (3) disagree on their rows: the signature is one row of their 9 values
+    for index, (extra, expected) in enumerate([({"signature": torch.ones(1, 9)}, common_pb.SC_OK),
+                                               ({"signature": torch.ones(9)}, common_pb.SC_INVALID_REQUEST),
+                                               ({"signature": torch.ones(1, 6)}, common_pb.SC_INVALID_REQUEST),
                                                ({}, common_pb.SC_INVALID_REQUEST)]):
         rnd = Round(service, 20 + index, **signature)
         assert rnd.signed(stub, "c000", upload(extra=extra)) == (grpc.StatusCode.OK, expected), extra

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fedcmd_plugin.aggregate import row_matrix_shape
 from fedcmd_plugin.errors import PluginError
+from fedcmd_plugin.fedcmd.selection import DISTANCES
 from fedcmd_plugin.federation import codec
 from fedcmd_plugin.remote.wire import TRAIN
 
@@ -63,8 +65,9 @@ class Policy:
         personal = set(meta.get("personal_keys", []))
         extra = {}
         if meta.get("signature") in SIGNATURE_KINDS and meta.get("signature_keys"):
-            values = sum(math.prod(self.layout[key][1]) for key in meta["signature_keys"])
-            extra["signature"] = ("float32", (values,))
+            shapes = [self.layout[key][1] for key in meta["signature_keys"]
+                      if self.layout[key][0].startswith(("float", "bfloat"))]
+            extra["signature"] = ("float32", row_matrix_shape(shapes))
         candidates = tuple(meta.get("candidates", ())) if meta.get("score") else None
         return Expectation(**common, state={k: v for k, v in self.layout.items() if k not in personal},
                            extra=extra, samples=sizes["train"], candidates=candidates)
@@ -119,6 +122,16 @@ def is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def valid_batch_scores(value, blocks):
+    """FedCMD's per-batch block scores: {distance: [[score per block] per batch]}, the same batches throughout."""
+    if not isinstance(value, dict) or set(value) != set(DISTANCES):
+        return False
+    counts = {len(batches) if isinstance(batches, list) else -1 for batches in value.values()}
+    return len(counts) == 1 and counts.pop() > 0 and all(
+        isinstance(batch, list) and len(batch) == blocks and all(is_number(v) and v >= 0 for v in batch)
+        for batches in value.values() for batch in batches)
+
+
 def check_meta(expected, meta):
     for key, value in meta.items():
         if key == "vote":
@@ -126,11 +139,10 @@ def check_meta(expected, meta):
                 raise Rejected("the upload votes although the request asked for no vote")
             if type(value) is not int or value not in expected.candidates:
                 raise Rejected(f"vote {value!r} is not one of the candidate blocks {list(expected.candidates)}")
-        elif key == "scores":
-            if expected.candidates is None or not isinstance(value, list) or len(value) != expected.blocks or \
-                    not all(is_number(v) for v in value):
-                raise Rejected(f"scores must be {expected.blocks} finite numbers, and only when the request asked "
-                               "for a vote")
+        elif key == "batch_scores":
+            if expected.candidates is None or not valid_batch_scores(value, expected.blocks):
+                raise Rejected(f"batch_scores must map each of {', '.join(DISTANCES)} to scored batches of "
+                               f"{expected.blocks} finite numbers >= 0, and only when the request asked for a vote")
         elif not is_number(value) or value < 0:
             raise Rejected(f"meta {key!r} is {value!r}, not a finite number >= 0")
 
