@@ -143,6 +143,15 @@ class FederatedServer(BaseServer):
         state.update(merged)
         self._model.load_state_dict(state)
 
+    def algorithm_state(self):
+        """What the algorithm's server holds beyond the global model and the clients' kept state (FedDyn's h,
+        FedCMD's tally and decision, similarity memories): {name: tensor, dict of tensors or JSON value}. Checkpoints
+        save it; `load_algorithm_state` puts it back on resume."""
+        return {}
+
+    def load_algorithm_state(self, state):
+        """Continue from what `algorithm_state` returned when the checkpoint was written."""
+
     def upload_weights(self, uploads):
         if self.conf.server.aggregation_strategy == "equal":
             return [1.0] * len(uploads)
