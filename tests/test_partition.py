@@ -114,9 +114,66 @@ def test_balanced_dirichlet_gives_no_class_to_a_client_past_its_fair_share(seed)
     assert violations(balanced=False) > 0
 
 
-def test_impossible_min_size_is_a_config_error():
-    with pytest.raises(ConfigError, match="min_size"):
+def test_impossible_min_size_is_a_config_error_naming_the_largest_client_count():
+    with pytest.raises(ConfigError, match=r"data.min_size=40 cannot be met.*at most 1 clients"):
         make_partition(pooled_labels(per_class=5), "dir", 10, seed=0, alpha=0.1, min_size=40)
+
+
+def reference_dirichlet(labels, num_clients, alpha, min_size, rng):
+    """The protocol written out plainly, one client chunk at a time, redrawn until `min_size` is met."""
+    classes = np.unique(labels)
+    fair_share = len(labels) / num_clients
+    while True:
+        parts, sizes = [[] for _ in range(num_clients)], np.zeros(num_clients)
+        for c in classes:
+            members = rng.permutation(np.flatnonzero(labels == c))
+            shares = rng.dirichlet(np.full(num_clients, alpha))
+            capped = shares * (sizes < fair_share)
+            shares = capped / capped.sum() if capped.sum() > 0 else shares
+            cuts = np.round(np.cumsum(shares)[:-1] * len(members)).astype(int)
+            for client, chunk in enumerate(np.split(members, cuts)):
+                parts[client].append(chunk)
+                sizes[client] += len(chunk)
+        if sizes.min() >= min_size:
+            return [np.sort(np.concatenate(p)) for p in parts]
+
+
+@pytest.mark.parametrize("alpha,min_size", [(0.1, 10), (0.1, 40), (0.5, 10)])
+@pytest.mark.parametrize("seed", range(3))
+def test_dirichlet_equals_the_plain_protocol(alpha, min_size, seed):
+    """Within the redraw budget the partition is exactly the one the plain protocol gives (same draws, same
+    clients), so published partitions of a seed stay what they were."""
+    from fedcmd_plugin.data.partition import partition_dirichlet
+
+    labels = pooled_labels()
+    mine = partition_dirichlet(labels, 20, alpha, min_size, np.random.default_rng(seed))
+    theirs = reference_dirichlet(labels, 20, alpha, min_size, np.random.default_rng(seed))
+    for a, b in zip(mine, theirs, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_min_size_past_the_redraw_budget_is_met_by_topping_up(monkeypatch):
+    from fedcmd_plugin.data import partition
+
+    labels = pooled_labels(per_class=100)
+    monkeypatch.setattr(partition, "MAX_DIRICHLET_DRAWS", 1)  # the first draw must already do
+    first = reference_dirichlet(labels, 50, 0.1, 0, np.random.default_rng(5))
+    assert min(len(p) for p in first) < 15, "the case must need topping up"
+    parts = make_partition(labels, "dir", 50, seed=5, alpha=0.1, min_size=15)
+    indices = client_indices(parts)
+    assert min(len(p) for p in indices) >= 15
+    np.testing.assert_array_equal(np.sort(np.concatenate(indices)), np.arange(len(labels)))
+    classes, top_share = skew(labels, parts)
+    assert classes < 5 and top_share > 0.5  # still label-skewed after the top-up
+
+
+def test_a_client_without_test_samples_is_an_error():
+    from fedcmd_plugin import DataError
+
+    labels = pooled_labels(per_class=2)
+    parts = make_partition(labels, "iid", len(labels), seed=0)  # one sample each: no test split
+    with pytest.raises(DataError, match="20 of 20 clients received no test samples"):
+        federated.check_nonempty(federated.client_ids(len(parts)), parts, with_test=True)
 
 
 @pytest.mark.parametrize("split_type,kwargs", SPLITS)

@@ -20,7 +20,7 @@ from fedcmd_plugin.data.partition import label_histograms, make_partition
 from fedcmd_plugin.data.sources import READER_OPTIONS, READERS, load_images
 from fedcmd_plugin.errors import ConfigError, DataError
 
-PARTITION_FORMAT = 3  # bump when the partition algorithm changes so old caches are not reused
+PARTITION_FORMAT = 4  # bump when the partition algorithm changes so old caches are not reused
 
 
 @dataclass
@@ -184,6 +184,16 @@ def summarise(name, labels, parts, ids, num_classes, client_writers=None):
     return summary, rows
 
 
+def check_nonempty(ids, parts, with_test):
+    """Every client needs training samples, and test samples when the split keeps some for testing."""
+    for split, position in (("training", 0), ("test", 1))[:2 if with_test else 1]:
+        empty = [cid for cid, part in zip(ids, parts) if len(part[position]) == 0]
+        if empty:
+            raise DataError(f"{len(empty)} of {len(ids)} clients received no {split} samples (first: "
+                            f"{', '.join(empty[:5])}): lower data.num_of_clients or raise data.min_size (at least 2 "
+                            "gives every client both splits) / data.class_per_client")
+
+
 def build_image_classification(conf):
     cache = Path(conf.data.root) / "decoded" if conf.data.cache else None
     arrays = load_images(conf.data.dataset, conf.data.path, cache, **reader_options(conf))
@@ -193,10 +203,7 @@ def build_image_classification(conf):
                           f"data.dataset {conf.data.dataset!r} does not: use iid, dir or class")
     parts = cached_partition(conf, arrays.labels, arrays.writers)
     ids = client_ids(len(parts))
-    empty = [cid for cid, (train, _) in zip(ids, parts) if len(train) == 0]
-    if empty:
-        raise DataError(f"clients {', '.join(empty[:5])} received no training samples: lower data.num_of_clients "
-                        "or raise data.min_size / data.class_per_client")
+    check_nonempty(ids, parts, conf.data.train_test_split < 1)
     train = ClientTensors(arrays.images, arrays.labels, [p[0] for p in parts], ids)
     test = ClientTensors(arrays.images, arrays.labels, [p[1] for p in parts], ids)
     channels, height, _ = arrays.shape

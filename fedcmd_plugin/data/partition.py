@@ -6,6 +6,7 @@ import numpy as np
 
 from fedcmd_plugin.errors import ConfigError
 
+DRAW_BUDGET = 2_000_000  # client x class cells drawn over all Dirichlet redraws (1000 draws at 100 clients, 10 classes)
 MAX_DIRICHLET_DRAWS = 1000
 
 
@@ -14,34 +15,72 @@ def partition_iid(labels, num_clients, rng):
     return [np.sort(part) for part in np.array_split(order, num_clients)]
 
 
+def check_min_size(num_samples, num_clients, min_size):
+    """An impossible `data.min_size` fails at once, naming the largest client count that could meet it."""
+    if num_clients * min_size > num_samples:
+        raise ConfigError(f"data.min_size={min_size} cannot be met: {num_clients} clients x {min_size} samples is "
+                          f"more than the {num_samples} samples of the data; use at most "
+                          f"{num_samples // max(min_size, 1)} clients (data.num_of_clients) or a lower data.min_size")
+
+
+def dirichlet_draw(by_class, num_clients, alpha, fair_share, balanced, rng):
+    """One label-skewed assignment: each class split over the clients by Dirichlet(alpha) shares (clients past
+    their fair share get none when `balanced`); returns each sample's client and each client's size."""
+    owner = np.empty(sum(len(m) for m in by_class), dtype=np.int64)
+    sizes = np.zeros(num_clients, dtype=np.int64)
+    for members in by_class:
+        members = rng.permutation(members)
+        shares = rng.dirichlet(np.full(num_clients, alpha))
+        capped = shares * (sizes < fair_share) if balanced else shares
+        if capped.sum() > 0:
+            shares = capped / capped.sum()
+        cuts = np.round(np.cumsum(shares)[:-1] * len(members)).astype(np.int64)  # a zero share gets nothing
+        counts = np.diff(np.concatenate(([0], cuts, [len(members)])))
+        owner[members] = np.repeat(np.arange(num_clients), counts)
+        sizes += counts
+    return owner, sizes
+
+
+def top_up(owner, sizes, min_size, rng):
+    """Clients under `min_size` take the samples they lack, at random, from the client then holding most: donors
+    hold few classes under label skew, so the skew survives while every client reaches its minimum."""
+    sizes = sizes.copy()
+    for client in np.flatnonzero(sizes < min_size):
+        while sizes[client] < min_size:
+            donor = int(np.argmax(sizes))
+            take = min(min_size - sizes[client], sizes[donor] - min_size)
+            moved = rng.choice(np.flatnonzero(owner == donor), take, replace=False)
+            owner[moved] = client
+            sizes[donor] -= take
+            sizes[client] += take
+    return owner
+
+
 def partition_dirichlet(labels, num_clients, alpha, min_size, rng, balanced=True):
     """Label skew: each class is spread over clients with proportions ~ Dirichlet(alpha).
 
     `balanced` is the usual protocol's size cap: a client already holding its fair share (len(labels) /
-    num_clients) gets no further classes, so sizes stay comparable and label skew stays strong. Redrawn until
-    every client holds at least `min_size` samples, as is usual for this protocol.
+    num_clients) gets no further classes, so sizes stay comparable and label skew stays strong. As is usual for
+    this protocol the draw is repeated until every client holds at least `min_size` samples, within a budget of
+    DRAW_BUDGET client x class cells; past it the last draw is topped up (`top_up`), so the minimum is always met.
     """
+    check_min_size(len(labels), num_clients, min_size)
     classes = np.unique(labels)
     by_class = [np.flatnonzero(labels == c) for c in classes]
-    fair_share = len(labels) / num_clients
-    for _ in range(MAX_DIRICHLET_DRAWS):
-        parts = [[] for _ in range(num_clients)]
-        sizes = np.zeros(num_clients)
-        for members in by_class:
-            members = rng.permutation(members)
-            shares = rng.dirichlet(np.full(num_clients, alpha))
-            capped = shares * (sizes < fair_share) if balanced else shares
-            if capped.sum() > 0:
-                shares = capped / capped.sum()
-            cuts = np.round(np.cumsum(shares)[:-1] * len(members)).astype(int)  # a zero share gets nothing
-            for client, chunk in enumerate(np.split(members, cuts)):
-                parts[client].append(chunk)
-                sizes[client] += len(chunk)
-        parts = [np.sort(np.concatenate(p)) for p in parts]
-        if min(len(p) for p in parts) >= min_size:
-            return parts
-    raise ConfigError(f"data.min_size={min_size} cannot be met by Dirichlet(alpha={alpha}) over "
-                      f"{num_clients} clients and {len(labels)} samples: lower data.min_size or data.num_of_clients")
+    draws = int(np.clip(DRAW_BUDGET // (num_clients * len(classes)), 1, MAX_DIRICHLET_DRAWS))
+    for _ in range(draws):
+        owner, sizes = dirichlet_draw(by_class, num_clients, alpha, len(labels) / num_clients, balanced, rng)
+        if sizes.min() >= min_size:
+            break
+    else:
+        owner = top_up(owner, sizes, min_size, rng)
+    return indices_by_owner(owner, num_clients)
+
+
+def indices_by_owner(owner, num_clients):
+    """Each client's sample indices, in ascending order."""
+    order = np.argsort(owner, kind="stable")
+    return np.split(order, np.cumsum(np.bincount(owner, minlength=num_clients))[:-1])
 
 
 def partition_classes(labels, num_clients, class_per_client, rng):
@@ -53,10 +92,11 @@ def partition_classes(labels, num_clients, class_per_client, rng):
     # client, and every class has holders when num_clients * k >= the number of classes.
     order = rng.permutation(classes)
     owned = [order[(i * class_per_client + np.arange(class_per_client)) % len(classes)] for i in range(num_clients)]
-    holders = {c: [i for i in range(num_clients) if c in owned[i]] for c in classes}
+    owned = np.stack(owned)
+    holders = {c: np.flatnonzero((owned == c).any(axis=1)) for c in classes}
     parts = [[] for _ in range(num_clients)]
     for c in classes:
-        if not holders[c]:
+        if not len(holders[c]):
             continue
         members = rng.permutation(np.flatnonzero(labels == c))
         for client, chunk in zip(holders[c], np.array_split(members, len(holders[c]))):
@@ -77,11 +117,12 @@ def partition_natural(writers, num_clients, min_size, rng):
 
 
 def split_train_test(indices, train_fraction, rng):
-    """One client's samples split into its own train and test parts (both non-empty when it has >= 2 samples)."""
+    """One client's samples split into its own train and test parts (both non-empty when it has >= 2 samples; a
+    single sample goes to training)."""
     shuffled = rng.permutation(indices)
     cut = int(round(len(shuffled) * train_fraction))
-    if len(shuffled) >= 2:
-        cut = min(max(cut, 1), len(shuffled) - 1 if train_fraction < 1 else len(shuffled))
+    if len(shuffled) >= 1:
+        cut = min(max(cut, 1), len(shuffled) - 1 if train_fraction < 1 and len(shuffled) >= 2 else len(shuffled))
     return np.sort(shuffled[:cut]), np.sort(shuffled[cut:])
 
 
