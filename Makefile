@@ -4,6 +4,7 @@
 #   make install    create .venv, install torch (pinned, once) and then the project with its test extras
 #   make test       the fast test suite (what CI runs)
 #   make test-all   every test, including those marked slow
+#   make test-slow  only the slow end-to-end tests (CI runs them after `make test`)
 #   make run        the main experiment
 #   make bench      the round-overhead benchmark (quick mode)
 #   make clean      remove build output, caches, EasyFL's logs/ and cached partitions (keeps runs/ and .venv;
@@ -21,7 +22,7 @@ PYTEST_ARGS ?=
 RUN_CONFIGS ?= configs/fedcmd_digits.yaml configs/fedavg_digits.yaml configs/fedureid_synthetic.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: install venv torch test test-all run bench clean distclean
+.PHONY: install venv torch test test-all test-slow run bench clean distclean
 
 install: torch
 	rm -rf build *.egg-info
@@ -52,6 +53,9 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PYTEST) -q -m "slow or not slow" $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(PYTEST) -q -m slow $(PYTEST_ARGS)
 
 run: $(STAMP)
 	$(VPY) -m fedcmd_plugin run $(RUN_CONFIGS)

@@ -102,3 +102,18 @@ def run_cli(tmp_run_dir):
                               stdin=subprocess.DEVNULL)
 
     return run
+
+
+@pytest.fixture
+def cli_here(tmp_run_dir, capsys):
+    """Like run_cli, but `fedcmd_plugin.cli.main` in this process: no interpreter start-up, for checks of what
+    the command line answers (exit code, stdout, stderr) where the process boundary itself is not under test."""
+    from fedcmd_plugin import cli
+
+    def run(*args):
+        capsys.readouterr()
+        code = cli.main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run

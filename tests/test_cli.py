@@ -60,14 +60,14 @@ def test_wrong_typed_value(run_cli, tmp_run_dir):
     assert_one_line_error(result, "'client.batch_size'", "integer")
 
 
-def test_unknown_algorithm(run_cli, tmp_run_dir):
-    result = run_cli("run", CONFIGS / "fedavg_digits.yaml", "algorithm=fedmagic", *tmp_run_dir)
+def test_unknown_algorithm(cli_here, tmp_run_dir):
+    result = cli_here("run", CONFIGS / "fedavg_digits.yaml", "algorithm=fedmagic", *tmp_run_dir)
     assert_one_line_error(result, "fedmagic", "fedavg")  # names the bad one and lists the known ones
     assert tmp_run_dir.run_folders() == []
 
 
-def test_missing_dataset_path(run_cli, tmp_run_dir):
-    result = run_cli("run", CONFIGS / "fedavg_digits.yaml", "data.dataset=fmnist", "data.path=/nonexistent/fmnist",
+def test_missing_dataset_path(cli_here, tmp_run_dir):
+    result = cli_here("run", CONFIGS / "fedavg_digits.yaml", "data.dataset=fmnist", "data.path=/nonexistent/fmnist",
                      *tmp_run_dir)
     assert_one_line_error(result, "/nonexistent/fmnist", "dataset-fashion-mnist")
     # no run folder passed off as a result

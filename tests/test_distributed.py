@@ -48,7 +48,8 @@ def final_rows(run_folder):
     return {r["cid"]: r for r in rows if int(r["round"]) == last}
 
 
-@pytest.mark.parametrize("algorithm", ["fedavg", pytest.param("fedcmd", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["fedavg", "fedcmd"])
 def test_two_process_run_matches_standalone(algorithm, tmp_path):
     import fedcmd_plugin
 

@@ -606,6 +606,7 @@ def cluster_limit():
     return 8 * 1024 * 1024
 
 
+@pytest.mark.slow
 def test_attacks_on_a_mutual_tls_cluster_change_nothing(secure_cluster, pki, tmp_path):
     cluster = secure_cluster
     attack_before_any_run(cluster, pki)

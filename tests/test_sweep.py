@@ -60,6 +60,7 @@ def write_config(path, **overrides):
     return path
 
 
+@pytest.mark.slow
 def test_real_sweep_reports_a_failed_cell_and_resumes_skipping_finished_cells(tmp_run_dir):
     good = write_config(tmp_run_dir.path / "fedavg_digits.yaml", **{"data.root": str(tmp_run_dir.data_root)})
     broken = write_config(tmp_run_dir.path / "broken.yaml", **{"data.dataset": "fmnist",
