@@ -18,6 +18,7 @@ import numpy as np
 from fedcmd_plugin import aggregate as agg
 from fedcmd_plugin.errors import ConfigError
 from fedcmd_plugin.fedcmd import selection
+from fedcmd_plugin.personalized.layers import split_keys
 from fedcmd_plugin.personalized.server import PersonalizedServer
 from fedcmd_plugin.personalized.similarity import LatestStates
 from fedcmd_plugin.tracking import plots
@@ -75,9 +76,7 @@ class FedCMDServer(PersonalizedServer):
 
     def split(self):
         """(before, personal, after) keys of the chosen layer."""
-        position = self.block_names.index(self.chosen)
-        return (self.keys_of(self.block_names[:position]), self.keys_of([self.chosen]),
-                self.keys_of(self.block_names[position + 1:]))
+        return split_keys(self.state_keys, self.block_of, self.block_names, self.chosen)
 
     def round_meta(self):
         cmd = self.conf.fedcmd

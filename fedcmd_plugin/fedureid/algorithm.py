@@ -1,6 +1,5 @@
 """Registers FedUReID (its Local-only and Baseline variants are configs of the same code)."""
 from fedcmd_plugin.errors import ConfigError
-from fedcmd_plugin.fedureid import data  # noqa: F401  (registers the ReID data sets)
 from fedcmd_plugin.fedureid.client import FedUReIDClient
 from fedcmd_plugin.fedureid.server import FedUReIDServer
 from fedcmd_plugin.registry import Algorithm, register_algorithm

@@ -8,6 +8,7 @@ import statistics
 import numpy as np
 
 from fedcmd_plugin import aggregate as agg
+from fedcmd_plugin.errors import DataError
 from fedcmd_plugin.federation.messages import Dispatch
 from fedcmd_plugin.federation.server import FederatedServer
 from fedcmd_plugin.tracking import plots
@@ -29,9 +30,11 @@ class FedUReIDServer(FederatedServer):
 
         try:
             train = load_federated(self.conf).train
-            return float(statistics.median(train.size(cid) for cid in train.users))
-        except Exception:  # remote servers need not hold the edges' data; edges then use their own size
-            return None
+        except DataError:
+            if self.is_remote:  # a remote server need not hold the edges' data; edges then use their own size
+                return None
+            raise
+        return float(statistics.median(train.size(cid) for cid in train.users))
 
     def round_meta(self):
         f = self.conf.fedureid

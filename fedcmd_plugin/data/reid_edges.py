@@ -1,4 +1,4 @@
-"""FedUReID's federated data: one edge (client) per ReID data set, each with unlabeled training images (their
+"""ReID data as federated data (FedUReID's): one edge (client) per ReID data set, each with unlabeled training images (their
 hidden ids kept only to measure pseudo-label quality) and its own query/gallery for evaluation.
 
 data.dataset: synthetic_reid (generated offline into data.path or data.root/synthetic_reid), market1501
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from fedcmd_plugin.data.federated import ClientDataset, DataInfo, FederatedData, client_ids, register_data
+from fedcmd_plugin.data.federated import ClientDataset, DataInfo, FederatedData, client_ids
 from fedcmd_plugin.data.reid import EasyFLReidLayout, Market1501Layout, generate_synthetic, load_images
 from fedcmd_plugin.errors import DataError
 from fedcmd_plugin.session import logger
@@ -107,5 +107,4 @@ def build_reid(conf):
     return FederatedData(ReidEdges(ids, train), ReidEdges(ids, test), info, summary, rows)
 
 
-for _name in ("synthetic_reid", "market1501", "easyfl_reid"):
-    register_data(_name, build_reid)
+REID_DATASETS = ("synthetic_reid", "market1501", "easyfl_reid")
