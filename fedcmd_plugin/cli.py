@@ -28,15 +28,6 @@ SWEEP_EPILOG = """examples:
 """
 
 
-def split_arguments(items):
-    """Positional arguments: YAML files first, then key.sub=value overrides (applied to every file)."""
-    configs = [i for i in items if "=" not in i]
-    overrides = [i for i in items if "=" in i]
-    if not configs:
-        raise PluginError("give at least one config file, e.g. configs/fedavg_digits.yaml")
-    return configs, overrides
-
-
 def run_experiment(conf):
     """Register the config's algorithm and run it the EasyFL way; returns the run's summary."""
     import easyfl
@@ -51,9 +42,9 @@ def run_experiment(conf):
 
 
 def command_run(args):
-    from fedcmd_plugin.config import load_config
+    from fedcmd_plugin.config import config_arguments, load_config
 
-    configs, overrides = split_arguments(args.items)
+    configs, overrides = config_arguments(args.items)
     if args.nproc > 1:
         return launch_distributed(args.nproc, configs, overrides)
     loaded = [load_config(path, overrides) for path in configs]  # check every file before the first run
@@ -160,9 +151,9 @@ def command_sweep(args):
 
 
 def command_show_config(args):
-    from fedcmd_plugin.config import load_config, to_yaml
+    from fedcmd_plugin.config import config_arguments, load_config, to_yaml
 
-    configs, overrides = split_arguments(args.items)
+    configs, overrides = config_arguments(args.items)
     for path in configs:
         print(f"# {path}")
         print(to_yaml(load_config(path, overrides)))

@@ -155,6 +155,15 @@ def merge_trees(base, update):
     return merged
 
 
+def config_arguments(items):
+    """Command-line positional arguments: YAML files first, then key.sub=value overrides (for every file)."""
+    configs = [i for i in items if "=" not in i]
+    overrides = [i for i in items if "=" in i]
+    if not configs:
+        raise ConfigError("give at least one config file, e.g. configs/fedavg_digits.yaml")
+    return configs, overrides
+
+
 def parse_overrides(overrides):
     """`a.b=value` strings as a nested dict; values are parsed as YAML scalars (1, 0.5, true, null, [1, 2])."""
     tree = {}

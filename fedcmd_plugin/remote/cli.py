@@ -24,10 +24,9 @@ ITEMS_HELP = "one YAML config, then key.sub=value overrides"
 
 
 def one_config(items):
-    from fedcmd_plugin.cli import split_arguments
-    from fedcmd_plugin.config import load_config
+    from fedcmd_plugin.config import config_arguments, load_config
 
-    configs, overrides = split_arguments(items)
+    configs, overrides = config_arguments(items)
     if len(configs) != 1:
         raise ConfigError(f"a remote role takes exactly one config file, got {len(configs)}: {', '.join(configs)}")
     return load_config(configs[0], overrides)
