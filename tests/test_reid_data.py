@@ -138,3 +138,17 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path, jpeg):
         images, kept, skipped = load_images(records, image_size=(8, 4))
     assert skipped == 2 and kept == [good, good] and images.shape == (2, 3, 8, 4)
     assert images[0, 0].float().mean() > 150  # the red channel of the red test image
+
+
+def test_configs_differing_only_in_reid_keys_get_their_own_data(small_digits_config, tmp_path):
+    """The in-process data cache is keyed by everything the builder reads, fedureid.image_size included: a second
+    run in the same process over the same folder with another image size must not get the first run's images."""
+    from fedcmd_plugin.data import load_federated
+
+    generate_synthetic(tmp_path / "edges", edges=2, identities=3, test_identities=2, cameras=2, images_per_camera=1,
+                       image_size=(32, 16), seed=0)
+    market = {"algorithm": "fedureid", "data.dataset": "market1501", "data.path": tmp_path / "edges"}
+    first = load_federated(small_digits_config(**market, **{"fedureid.image_size": [32, 16]}))
+    resized = load_federated(small_digits_config(**market, **{"fedureid.image_size": [16, 8]}))
+    assert tuple(first.train.part("c000", "train").images.shape[-2:]) == (32, 16)
+    assert tuple(resized.train.part("c000", "train").images.shape[-2:]) == (16, 8)

@@ -4,9 +4,9 @@ Every built-in data set is registered here: the image classification sets in `fe
 edge sets below, so `data.dataset` knows them all whichever algorithm module is imported.
 """
 from fedcmd_plugin.data.federated import DataInfo, FederatedData, load_federated, register_data
-from fedcmd_plugin.data.reid_edges import REID_DATASETS, build_reid
+from fedcmd_plugin.data.reid_edges import REID_CONFIG_KEYS, REID_DATASETS, build_reid
 
 for _name in REID_DATASETS:
-    register_data(_name, build_reid)
+    register_data(_name, build_reid, REID_CONFIG_KEYS)
 
 __all__ = ["DataInfo", "FederatedData", "load_federated", "register_data"]

@@ -217,9 +217,25 @@ def build_image_classification(conf):
 BUILDERS = {name: build_image_classification for name in READERS}
 
 
-def register_data(name, builder):
-    """Make data set `name` available to `data.dataset`; `builder(conf)` returns a FederatedData."""
+BUILDER_KEYS = {}  # data set -> config keys outside `data` its builder reads (they change the data too)
+
+
+def register_data(name, builder, config_keys=()):
+    """Make data set `name` available to `data.dataset`; `builder(conf)` returns a FederatedData built from the
+    `data` section, `seed` and the dotted `config_keys` it also reads."""
     BUILDERS[name] = builder
+    BUILDER_KEYS[name] = tuple(config_keys)
+
+
+def data_identity(conf):
+    """Everything a data set's builder reads: two configs with the same identity get the same data."""
+    from omegaconf import OmegaConf
+
+    def plain(value):
+        return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+    extra = [[key, plain(OmegaConf.select(conf, key))] for key in BUILDER_KEYS.get(conf.data.dataset, ())]
+    return json.dumps([plain(conf.data), conf.seed, extra], sort_keys=True, default=str)
 
 
 _LOADED = {}
@@ -229,7 +245,7 @@ def load_federated(conf):
     """The config's federated data, built once per process and data-relevant config."""
     if conf.data.dataset not in BUILDERS:
         raise DataError(f"data.dataset {conf.data.dataset!r} is unknown; known: {', '.join(sorted(BUILDERS))}")
-    key = (conf.data.dataset, partition_key(conf, 0), str(conf.data.root))
+    key = data_identity(conf)
     if key not in _LOADED:
         _LOADED.clear()  # one data set in memory at a time
         _LOADED[key] = BUILDERS[conf.data.dataset](conf)

@@ -108,3 +108,4 @@ def build_reid(conf):
 
 
 REID_DATASETS = ("synthetic_reid", "market1501", "easyfl_reid")
+REID_CONFIG_KEYS = ("fedureid.image_size", "fedureid.synthetic")  # read by build_reid beside `data`
