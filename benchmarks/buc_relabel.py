@@ -13,12 +13,13 @@ Writes benchmarks/results/buc_relabel.json.
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from common import machine, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results" / "buc_relabel.json"
@@ -47,24 +48,11 @@ def measure(n):
     return {"n": n, "seconds": round(seconds, 3), "peak_mb": round(peak_mb, 1)}
 
 
-def machine():
-    """What the numbers were measured on."""
-    import torch
-
-    cpu = platform.processor()
-    if Path("/proc/cpuinfo").exists():
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-            "load_average_1min": round(os.getloadavg()[0], 2)}  # other work on the machine slows the step
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"stop at N = {QUICK_MAX}")
     parser.add_argument("--single", type=int, help=argparse.SUPPRESS)  # the per-N child process
+    parser.add_argument("--output", default=str(RESULTS), help="result JSON path")
     args = parser.parse_args()
     if args.single:
         print(json.dumps(measure(args.single)))
@@ -78,10 +66,9 @@ def main():
         row = json.loads(child.stdout.strip().splitlines()[-1])
         rows.append(row)
         print(f"{row['n']:>6} {row['seconds']:>8.2f} {row['peak_mb']:>8.0f}", flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python", os.path.relpath(__file__, REPO), *sys.argv[1:]])
-    RESULTS.write_text(json.dumps({"rows": rows, "machine": machine(), "command": command}, indent=1) + "\n")
-    print(f"wrote {RESULTS}")
+    write_json(args.output, {"rows": rows, "machine": machine(), "command": command})
+    print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":

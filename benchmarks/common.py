@@ -22,10 +22,33 @@ def run_config(config, overrides):
     return summary, rows, statistics.median(seconds), time.time() - started
 
 
+def cpu_name():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def machine():
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    return {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-            "load_average_1min": load}
+    """What a figure was measured on and with: processor, cores, versions, the load when it started (other work
+    slows every step) and the commit of the checkout (with `dirty` when it had uncommitted changes)."""
+    import subprocess
+
+    import torch
+
+    from fedcmd_plugin.sweep import machine as run_machine
+
+    try:
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                    text=True, timeout=10, cwd=ROOT).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        dirty = None
+    return {**run_machine(), "dirty": dirty, "cpu": cpu_name(), "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "platform": platform.platform(),
+            "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
 
 
 def write_json(path, document):

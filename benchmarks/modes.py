@@ -16,7 +16,6 @@ machine's load rather than the mode. Writes benchmarks/results/modes.json and pr
 import argparse
 import json
 import os
-import platform
 import secrets
 import shutil
 import signal
@@ -28,9 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import ROOT, machine, write_json
+
 os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")  # easyfl 0.1.2's protobuf modules
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "fedavg_fmnist.yaml"
 MODES = ("standalone", "distributed", "remote")
 START_TIMEOUT = 300  # seconds for a remote service to listen
@@ -247,11 +247,10 @@ def main():
                        "per-round training times (evaluation excluded)",
               "load_average": {"before": [round(x, 2) for x in load_before],
                                "after": [round(x, 2) for x in os.getloadavg()]},
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+              "machine": machine(),
               "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(output, report)
     print(table(results))
     print(f"written: {output}" + (f"; run folders below {work}" if args.keep else ""))
     return 0
