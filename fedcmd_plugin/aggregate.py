@@ -173,3 +173,57 @@ def rowwise_cosine(a, b):
     dots = (a * b).sum(dim=1)
     cosines = torch.where(norms > 0, dots / norms.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(dots))
     return max(0.0, float(cosines.mean())) if len(cosines) else 0.0
+
+
+# ----- FedFomo: first-order weights of downloaded models ------------------------------------------------------
+def state_distance(a, b, keys):
+    """Euclidean distance between two states over `keys` (all their values as one vector), in float64."""
+    total = torch.zeros((), dtype=torch.float64)
+    for key in keys:
+        diff = a[key].to(torch.float64) - b[key].to(a[key].device, torch.float64)
+        total = total + (diff * diff).sum().cpu()
+    return float(total.sqrt())
+
+
+def fomo_weights(own_loss, losses, distances):
+    """FedFomo's weight of each downloaded model n: w_n = (L(own) - L(theta_n)) / ||theta_n - own||, the
+    validation-loss decrease per unit step towards theta_n (negative when theta_n is worse); 0 for a model equal
+    to the client's own, which offers no direction."""
+    losses = torch.as_tensor(losses, dtype=torch.float64)
+    distances = torch.as_tensor(distances, dtype=torch.float64)
+    if losses.dim() != 1 or losses.shape != distances.shape:
+        raise ValueError(f"one loss and one distance per model, got {tuple(losses.shape)} and "
+                         f"{tuple(distances.shape)}")
+    if (distances < 0).any():
+        raise ValueError("distances must be non-negative")
+    gains = float(own_loss) - losses
+    return torch.where(distances > 0, gains / distances.clamp_min(torch.finfo(torch.float64).tiny),
+                       torch.zeros_like(gains))
+
+
+def fomo_mixing(weights):
+    """The step FedFomo takes towards each model: max(0, w_n) normalised to sum 1; all zeros when no model beats
+    the client's own (the client then keeps its own)."""
+    positive = torch.as_tensor(weights, dtype=torch.float64).clamp_min(0.0)
+    total = positive.sum()
+    return positive / total if total > 0 else positive
+
+
+def fomo_update(own, models, mixing, keys):
+    """theta_own + sum_n m_n (theta_n - theta_own) over `keys`, for steps m_n >= 0 with sum_n m_n <= 1."""
+    mixing = torch.as_tensor(mixing, dtype=torch.float64).reshape(-1)
+    if len(mixing) != len(models):
+        raise ValueError(f"{len(mixing)} steps for {len(models)} models")
+    if (mixing < 0).any() or float(mixing.sum()) > 1.0 + 1e-9:
+        raise ValueError("steps must be non-negative with a sum of at most 1")
+    own_weight = max(0.0, 1.0 - float(mixing.sum()))
+    return _combine([own, *models], torch.cat([torch.tensor([own_weight], dtype=torch.float64), mixing]), keys)[0]
+
+
+def affinity_increment(weights):
+    """What one report adds to a client's affinity row: w_n / sum_m |w_m|, each in [-1, 1] whatever the scale
+    of the losses (zeros when every weight is 0)."""
+    weights = torch.as_tensor(weights, dtype=torch.float64)
+    total = weights.abs().sum()
+    return weights / total if total > 0 else torch.zeros_like(weights)
+

@@ -1,7 +1,8 @@
 """Every answer a client service sends is checked against the request it answers before the round uses it.
 
 A training upload must hold exactly the tensors the client was asked to train (the model's keys minus the
-round's personal keys, with the model's shapes and dtypes; extras only as the dispatch asked for them),
+round's personal keys, with the model's shapes and dtypes; extras only as the dispatch asked for them: a
+signature, FedFomo's weight per model sent),
 finite values no larger than `remote.max_abs_value`, 0 < num_samples <= the client's training samples, no
 kept state, and meta numbers the algorithms can use (a FedCMD vote only for a candidate it was asked to score).
 An evaluation result must hold the counts of the requested splits with the client's known split sizes, or
@@ -68,6 +69,8 @@ class Policy:
             shapes = [self.layout[key][1] for key in meta["signature_keys"]
                       if self.layout[key][0].startswith(("float", "bfloat"))]
             extra["signature"] = ("float32", row_matrix_shape(shapes))
+        if meta.get("fomo_peers"):  # FedFomo: one weight per model the client was sent
+            extra["fomo_weights"] = ("float32", (len(meta["fomo_peers"]),))
         candidates = tuple(meta.get("candidates", ())) if meta.get("score") else None
         return Expectation(**common, state={k: v for k, v in self.layout.items() if k not in personal},
                            extra=extra, samples=sizes["train"], candidates=candidates)
