@@ -227,3 +227,45 @@ def affinity_increment(weights):
     total = weights.abs().sum()
     return weights / total if total > 0 else torch.zeros_like(weights)
 
+
+# ----- FedAP: similarity of BatchNorm statistics ------------------------------------------------------------------
+def gaussian_wasserstein(a, b):
+    """Distance between two clients' BatchNorm statistics `a`, `b` ([(mean, var)] per layer): the sum over layers
+    of the 2-Wasserstein distance between the diagonal Gaussians N(mean, diag var),
+    sqrt(||mean_a - mean_b||^2 + ||sqrt(var_a) - sqrt(var_b)||^2)."""
+    if len(a) != len(b):
+        raise ValueError(f"statistics of {len(a)} and {len(b)} layers")
+    total = 0.0
+    for (mean_a, var_a), (mean_b, var_b) in zip(a, b):
+        mean_a, mean_b = mean_a.to(torch.float64), mean_b.to(torch.float64)
+        var_a, var_b = var_a.to(torch.float64), var_b.to(torch.float64)
+        if mean_a.shape != mean_b.shape or var_a.shape != var_b.shape or mean_a.shape != var_a.shape:
+            raise ValueError("the layers' means and variances must agree in shape")
+        if (var_a < 0).any() or (var_b < 0).any():
+            raise ValueError("variances must be non-negative")
+        squared = ((mean_a - mean_b) ** 2).sum() + ((var_a.sqrt() - var_b.sqrt()) ** 2).sum()
+        total += math.sqrt(float(squared))
+    return total
+
+
+def fedap_weights(distances, momentum):
+    """FedAP's aggregation weights from the clients' pairwise distances (n x n): W_ii = momentum, and the rest of
+    row i, 1 - momentum, split in proportion to 1 / d_ij; clients at distance 0 from i share it equally (the limit
+    of 1 / d). One client alone keeps its own model (W = [[1]])."""
+    d = torch.as_tensor(distances, dtype=torch.float64)
+    if d.dim() != 2 or d.shape[0] != d.shape[1] or d.shape[0] == 0:
+        raise ValueError(f"distances must be a non-empty square matrix, got {tuple(d.shape)}")
+    if (d < 0).any():
+        raise ValueError("distances must be non-negative")
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+    n = d.shape[0]
+    if n == 1:
+        return torch.ones(1, 1, dtype=torch.float64)
+    others = ~torch.eye(n, dtype=torch.bool)
+    same = others & (d == 0)
+    inverse = torch.where(others & (d > 0), 1.0 / d.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(d))
+    share = torch.where(same.any(dim=1, keepdim=True), same.to(torch.float64), inverse)
+    weights = share / share.sum(dim=1, keepdim=True) * (1.0 - momentum)
+    weights.fill_diagonal_(momentum)
+    return weights
