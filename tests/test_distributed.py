@@ -24,6 +24,8 @@ CASES = {
     "fedavg": ("fedavg_digits.yaml", ["model=lenet5_bn"]),
     # One voting round, then two decoupled rounds (personal layer, per-client similarity-weighted aggregates).
     "fedcmd": ("fedcmd_digits.yaml", ["fedcmd.selection_rounds=1"]),
+    "fedfomo": ("fedfomo_digits.yaml", []),  # the latest models and affinity matrix on every rank
+    "fedap": ("fedap_digits.yaml", ["fedap.pretrain_rounds=1"]),  # statistics gathered, local BatchNorm synced
 }
 
 
@@ -48,7 +50,7 @@ def final_rows(run_folder):
     return {r["cid"]: r for r in rows if int(r["round"]) == last}
 
 
-@pytest.mark.parametrize("algorithm", ["fedavg", pytest.param("fedcmd", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("algorithm", [a if a == "fedavg" else pytest.param(a, marks=pytest.mark.slow) for a in CASES])
 def test_two_process_run_matches_standalone(algorithm, tmp_path):
     import fedcmd_plugin
 
