@@ -173,3 +173,99 @@ def rowwise_cosine(a, b):
     dots = (a * b).sum(dim=1)
     cosines = torch.where(norms > 0, dots / norms.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(dots))
     return max(0.0, float(cosines.mean())) if len(cosines) else 0.0
+
+
+# ----- FedFomo: first-order weights of downloaded models ------------------------------------------------------
+def state_distance(a, b, keys):
+    """Euclidean distance between two states over `keys` (all their values as one vector), in float64."""
+    total = torch.zeros((), dtype=torch.float64)
+    for key in keys:
+        diff = a[key].to(torch.float64) - b[key].to(a[key].device, torch.float64)
+        total = total + (diff * diff).sum().cpu()
+    return float(total.sqrt())
+
+
+def fomo_weights(own_loss, losses, distances):
+    """FedFomo's weight of each downloaded model n: w_n = (L(own) - L(theta_n)) / ||theta_n - own||, the
+    validation-loss decrease per unit step towards theta_n (negative when theta_n is worse); 0 for a model equal
+    to the client's own, which offers no direction."""
+    losses = torch.as_tensor(losses, dtype=torch.float64)
+    distances = torch.as_tensor(distances, dtype=torch.float64)
+    if losses.dim() != 1 or losses.shape != distances.shape:
+        raise ValueError(f"one loss and one distance per model, got {tuple(losses.shape)} and "
+                         f"{tuple(distances.shape)}")
+    if (distances < 0).any():
+        raise ValueError("distances must be non-negative")
+    gains = float(own_loss) - losses
+    return torch.where(distances > 0, gains / distances.clamp_min(torch.finfo(torch.float64).tiny),
+                       torch.zeros_like(gains))
+
+
+def fomo_mixing(weights):
+    """The step FedFomo takes towards each model: max(0, w_n) normalised to sum 1; all zeros when no model beats
+    the client's own (the client then keeps its own)."""
+    positive = torch.as_tensor(weights, dtype=torch.float64).clamp_min(0.0)
+    total = positive.sum()
+    return positive / total if total > 0 else positive
+
+
+def fomo_update(own, models, mixing, keys):
+    """theta_own + sum_n m_n (theta_n - theta_own) over `keys`, for steps m_n >= 0 with sum_n m_n <= 1."""
+    mixing = torch.as_tensor(mixing, dtype=torch.float64).reshape(-1)
+    if len(mixing) != len(models):
+        raise ValueError(f"{len(mixing)} steps for {len(models)} models")
+    if (mixing < 0).any() or float(mixing.sum()) > 1.0 + 1e-9:
+        raise ValueError("steps must be non-negative with a sum of at most 1")
+    own_weight = max(0.0, 1.0 - float(mixing.sum()))
+    return _combine([own, *models], torch.cat([torch.tensor([own_weight], dtype=torch.float64), mixing]), keys)[0]
+
+
+def affinity_increment(weights):
+    """What one report adds to a client's affinity row: w_n / sum_m |w_m|, each in [-1, 1] whatever the scale
+    of the losses (zeros when every weight is 0)."""
+    weights = torch.as_tensor(weights, dtype=torch.float64)
+    total = weights.abs().sum()
+    return weights / total if total > 0 else torch.zeros_like(weights)
+
+
+# ----- FedAP: similarity of BatchNorm statistics ------------------------------------------------------------------
+def gaussian_wasserstein(a, b):
+    """Distance between two clients' BatchNorm statistics `a`, `b` ([(mean, var)] per layer): the sum over layers
+    of the 2-Wasserstein distance between the diagonal Gaussians N(mean, diag var),
+    sqrt(||mean_a - mean_b||^2 + ||sqrt(var_a) - sqrt(var_b)||^2)."""
+    if len(a) != len(b):
+        raise ValueError(f"statistics of {len(a)} and {len(b)} layers")
+    total = 0.0
+    for (mean_a, var_a), (mean_b, var_b) in zip(a, b):
+        mean_a, mean_b = mean_a.to(torch.float64), mean_b.to(torch.float64)
+        var_a, var_b = var_a.to(torch.float64), var_b.to(torch.float64)
+        if mean_a.shape != mean_b.shape or var_a.shape != var_b.shape or mean_a.shape != var_a.shape:
+            raise ValueError("the layers' means and variances must agree in shape")
+        if (var_a < 0).any() or (var_b < 0).any():
+            raise ValueError("variances must be non-negative")
+        squared = ((mean_a - mean_b) ** 2).sum() + ((var_a.sqrt() - var_b.sqrt()) ** 2).sum()
+        total += math.sqrt(float(squared))
+    return total
+
+
+def fedap_weights(distances, momentum):
+    """FedAP's aggregation weights from the clients' pairwise distances (n x n): W_ii = momentum, and the rest of
+    row i, 1 - momentum, split in proportion to 1 / d_ij; clients at distance 0 from i share it equally (the limit
+    of 1 / d). One client alone keeps its own model (W = [[1]])."""
+    d = torch.as_tensor(distances, dtype=torch.float64)
+    if d.dim() != 2 or d.shape[0] != d.shape[1] or d.shape[0] == 0:
+        raise ValueError(f"distances must be a non-empty square matrix, got {tuple(d.shape)}")
+    if (d < 0).any():
+        raise ValueError("distances must be non-negative")
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+    n = d.shape[0]
+    if n == 1:
+        return torch.ones(1, 1, dtype=torch.float64)
+    others = ~torch.eye(n, dtype=torch.bool)
+    same = others & (d == 0)
+    inverse = torch.where(others & (d > 0), 1.0 / d.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(d))
+    share = torch.where(same.any(dim=1, keepdim=True), same.to(torch.float64), inverse)
+    weights = share / share.sum(dim=1, keepdim=True) * (1.0 - momentum)
+    weights.fill_diagonal_(momentum)
+    return weights

@@ -115,11 +115,13 @@ def builtin_defaults():
     return OmegaConf.merge(OmegaConf.load(str(easyfl_defaults_file())), OmegaConf.load(str(PLUGIN_DEFAULTS)))
 
 
-def defaults():
-    """The built-in defaults plus the config sections that registered algorithms declare."""
+def defaults(tree=None):
+    """The built-in defaults plus the config sections that registered algorithms declare. A top-level key of `tree`
+    that neither holds loads the built-in algorithms first (importing them costs seconds), which may declare it."""
     from fedcmd_plugin.registry import algorithm_sections
 
-    return OmegaConf.merge(builtin_defaults(), algorithm_sections())
+    base = builtin_defaults()
+    return OmegaConf.merge(base, algorithm_sections(load=any(key not in base for key in tree or ())))
 
 
 def read_yaml(path, _seen=()):
@@ -205,7 +207,7 @@ def load_config(source=None, overrides=()):
     else:
         raise ConfigError(f"config must be a YAML path or a mapping, got {type(source).__name__}")
     tree = merge_trees(tree, parse_overrides(overrides))
-    base = defaults()
+    base = defaults(tree)
     validate(tree, base)
     conf = OmegaConf.merge(base, tree)
     check_values(conf, base)

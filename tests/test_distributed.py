@@ -24,6 +24,8 @@ CASES = {
     "fedavg": ("fedavg_digits.yaml", ["model=lenet5_bn"]),
     # One voting round, then two decoupled rounds (personal layer, per-client similarity-weighted aggregates).
     "fedcmd": ("fedcmd_digits.yaml", ["fedcmd.selection_rounds=1"]),
+    "fedfomo": ("fedfomo_digits.yaml", []),  # the latest models and affinity matrix on every rank
+    "fedap": ("fedap_digits.yaml", ["fedap.pretrain_rounds=1"]),  # statistics gathered, local BatchNorm synced
 }
 
 
@@ -49,7 +51,7 @@ def final_rows(run_folder):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algorithm", ["fedavg", "fedcmd"])
+@pytest.mark.parametrize("algorithm", sorted(CASES))
 def test_two_process_run_matches_standalone(algorithm, tmp_path):
     import fedcmd_plugin
 

@@ -15,6 +15,7 @@ from test_data_sources import write_idx
 
 PAPER = CONFIGS / "paper"
 METHODS = {"fedcmd", "local", "fedavg", "fedper", "fedrep", "fedbn", "lg_fedavg", "fedbabu", "pfedsim"}
+METHODS |= {"fedfomo", "fedap"}
 
 
 @pytest.mark.parametrize("alpha", ["0.1", "0.5", "1.0"])

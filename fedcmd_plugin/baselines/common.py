@@ -1,5 +1,5 @@
-"""Model builders shared by the classification algorithms."""
-from fedcmd_plugin.errors import ConfigError
+"""What the baselines share: the classification model builder and the flat form of per-client server state."""
+from fedcmd_plugin.errors import ConfigError, PluginError
 from fedcmd_plugin.models import build_model
 
 DEFAULT_CLASSIFIER = "lenet5"
@@ -13,3 +13,19 @@ def classification_model(conf, info):
                           f"data.dataset {conf.data.dataset!r} is a {info.task} data set")
     name = ALIASES.get(conf.model, conf.model)
     return build_model(name, info.in_channels, info.num_classes, info.image_size)
+
+
+def flatten_states(states):
+    """{cid: {key: tensor}} as one {"cid/key": tensor} dict: the shape `algorithm_state` hands to checkpoints."""
+    return {f"{cid}/{key}": value for cid, state in states.items() for key, value in state.items()}
+
+
+def nested_states(flat, clients):
+    """`flatten_states` undone (tensors cloned); PluginError for a client that is not one of `clients`."""
+    states = {}
+    for name, value in flat.items():
+        cid, _, key = name.partition("/")
+        if cid not in clients:
+            raise PluginError(f"the saved algorithm state names client {cid!r}, which is not in this run")
+        states.setdefault(cid, {})[key] = value.clone()
+    return states

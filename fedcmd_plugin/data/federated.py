@@ -90,10 +90,13 @@ class ClientTensors(ClientDataset):
             self._on_device[key] = (self._x[cid].to(device), self._y[cid].to(device))
         return self._on_device[key]
 
-    def batches(self, cid, batch_size, generator=None, device="cpu", min_last=1):
-        """Batches of client `cid`: a seeded shuffle when `generator` is given, else in order. A last batch
-        smaller than `min_last` joins the one before it."""
+    def batches(self, cid, batch_size, generator=None, device="cpu", min_last=1, indices=None):
+        """Batches of client `cid` (only its samples at `indices` when given): a seeded shuffle when `generator`
+        is given, else in order. A last batch smaller than `min_last` joins the one before it."""
         x, y = self.tensors(cid, device)
+        if indices is not None:
+            indices = torch.as_tensor(indices, dtype=torch.long, device=x.device)
+            x, y = x.index_select(0, indices), y.index_select(0, indices)
         bounds = batch_bounds(len(y), batch_size, min_last)
         if generator is None:
             for start, end in bounds:

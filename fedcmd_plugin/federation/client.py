@@ -1,8 +1,8 @@
 """The client every algorithm builds on: EasyFL's BaseClient with seeded, pre-batched local training.
 
 A round is `run_round(dispatch)`: download (initial < server state < the client's kept state) -> pre_train ->
-train -> post_train -> `make_upload`. Algorithms override `train_batch`, `personal_keys`, `post_train` or
-`make_upload`; nothing here knows which mode (standalone, distributed, remote) is running.
+train -> post_train -> `make_upload`. Algorithms override `train_batch`, `training_batches`, `personal_keys`,
+`post_train` or `make_upload`; nothing here knows which mode (standalone, distributed, remote) is running.
 """
 import copy
 import time
@@ -81,8 +81,7 @@ class FederatedClient(BaseClient):
         loss_sum, seen = 0.0, 0
         for epoch in epoch_bar(epochs, f"{self.cid} {label}"):
             loss_sum, seen = 0.0, 0
-            for batch_index, (x, y) in enumerate(self.train_data.batches(self.cid, self.conf.batch_size, generator,
-                                                                           self.device, min_last)):
+            for batch_index, (x, y) in enumerate(self.training_batches(generator, min_last)):
                 optimizer.zero_grad(set_to_none=True)
                 loss = self.train_batch(x, y, epoch, batch_index)
                 loss.backward()
@@ -92,6 +91,10 @@ class FederatedClient(BaseClient):
         self.round_stats["train_loss"] = loss_sum / max(seen, 1)
         self.round_stats["images"] = self.round_stats.get("images", 0) + seen * epochs
         return self.round_stats["train_loss"]
+
+    def training_batches(self, generator, min_last):
+        """One epoch's shuffled batches of the samples this client trains on (override to hold some out)."""
+        return self.train_data.batches(self.cid, self.conf.batch_size, generator, self.device, min_last)
 
     def train_batch(self, x, y, epoch, batch_index):
         """The loss of one batch (override to observe activations or change the objective)."""

@@ -1,10 +1,10 @@
 """The server every algorithm builds on: EasyFL's BaseServer with a mode-independent round.
 
-One round: seeded selection -> this rank's share of the clients -> `dispatch_for(cid)` -> client round ->
+One round: seeded selection -> this rank's share of the clients -> `training_dispatch(cid)` -> client round ->
 uploads gathered from all ranks -> `aggregate(uploads)`. Every `test_every` rounds each client's personalised
 model (test_mode=test_in_client) or the global model (test_in_server) is evaluated on each client's test split.
-Algorithms override `personal_keys`, `dispatch_for`, `aggregate`
-and `round_meta`; the maths they call lives in `fedcmd_plugin.aggregate`.
+Algorithms override `personal_keys`, `dispatch_for` (what a client's model is), `training_dispatch` (what only
+training needs on top), `aggregate` and `round_meta`; the maths they call lives in `fedcmd_plugin.aggregate`.
 """
 import time
 from dataclasses import asdict
@@ -133,6 +133,11 @@ class FederatedServer(BaseServer):
         values of a client that has none yet; a client's kept state always takes precedence over them."""
         return Dispatch(dict(self._model.state_dict()), self.base_meta(cid))
 
+    def training_dispatch(self, cid):
+        """What client `cid` trains from this round: `dispatch_for` plus what only training needs (e.g. other
+        clients' models), so evaluations and checkpoints never carry it."""
+        return self.dispatch_for(cid)
+
     def aggregate(self, uploads):
         """Default: sample-weighted FedAvg of the shared state into the global model."""
         if not uploads:
@@ -201,7 +206,7 @@ class FederatedServer(BaseServer):
     def train(self):
         self.selection()
         self.grouping_for_distributed()
-        uploads = self.fleet.train({cid: self.dispatch_for(cid) for cid in self.grouped_clients})
+        uploads = self.fleet.train({cid: self.training_dispatch(cid) for cid in self.grouped_clients})
         uploads = distributed.gather_uploads(uploads)
         self.sync_replicas(uploads)
         uploads.sort(key=lambda u: self.selected_clients.index(u.cid))

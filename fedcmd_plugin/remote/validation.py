@@ -1,7 +1,8 @@
 """Every answer a client service sends is checked against the request it answers before the round uses it.
 
 A training upload must hold exactly the tensors the client was asked to train (the model's keys minus the
-round's personal keys, with the model's shapes and dtypes; extras only as the dispatch asked for them),
+round's personal keys, with the model's shapes and dtypes; extras only as the dispatch asked for them: a
+signature, FedFomo's weight per model sent, FedAP's BatchNorm means and variances >= 0 per layer asked for),
 finite values no larger than `remote.max_abs_value`, 0 < num_samples <= the client's training samples, no
 kept state, and meta numbers the algorithms can use (a FedCMD vote only for a candidate it was asked to score).
 An evaluation result must hold the counts of the requested splits with the client's known split sizes, or
@@ -35,6 +36,7 @@ class Expectation:
     cid: str
     state: dict = field(default_factory=dict)  # key -> (dtype name, shape) of the upload's state
     extra: dict = field(default_factory=dict)  # key -> (dtype name, shape) of the upload's extras
+    minimum: dict = field(default_factory=dict)  # extra key -> the smallest value its tensor may hold
     samples: int = 0  # the client's training samples
     candidates: tuple | None = None  # blocks a vote may name; None: no vote asked for
     splits: dict = field(default_factory=dict)  # evaluation split -> the client's samples in it
@@ -68,9 +70,16 @@ class Policy:
             shapes = [self.layout[key][1] for key in meta["signature_keys"]
                       if self.layout[key][0].startswith(("float", "bfloat"))]
             extra["signature"] = ("float32", row_matrix_shape(shapes))
+        if meta.get("fomo_peers"):  # FedFomo: one weight per model the client was sent
+            extra["fomo_weights"] = ("float32", (len(meta["fomo_peers"]),))
+        minimum = {}
+        for layer in meta.get("bn_statistics", ()):  # FedAP: per-channel statistics of the BatchNorm layers asked for
+            shape = self.layout[f"{layer}.running_mean"][1]
+            extra[f"mean/{layer}"] = extra[f"var/{layer}"] = ("float32", shape)
+            minimum[f"var/{layer}"] = 0.0
         candidates = tuple(meta.get("candidates", ())) if meta.get("score") else None
         return Expectation(**common, state={k: v for k, v in self.layout.items() if k not in personal},
-                           extra=extra, samples=sizes["train"], candidates=candidates)
+                           extra=extra, minimum=minimum, samples=sizes["train"], candidates=candidates)
 
 
 # ----- training uploads ---------------------------------------------------------------------------------------
@@ -105,6 +114,9 @@ def check_upload(expected, upload):
     for group in ("state", "extra"):
         for key, tensor in getattr(upload, group).items():
             check_values(f"{group} tensor {key!r}", tensor, expected.max_abs)
+    for key, low in expected.minimum.items():
+        if upload.extra[key].numel() and float(upload.extra[key].min()) < low:
+            raise Rejected(f"extra tensor {key!r} holds values below {low:g}")
     check_meta(expected, upload.meta)
 
 
