@@ -24,6 +24,9 @@ CASES = {
     "fedavg": ("fedavg_digits.yaml", ["model=lenet5_bn"]),
     # One voting round, then two decoupled rounds (personal layer, per-client similarity-weighted aggregates).
     "fedcmd": ("fedcmd_digits.yaml", ["fedcmd.selection_rounds=1"]),
+    "fedprox": ("fedprox_digits.yaml", ["fedprox.mu=0.1"]),
+    # Personal models in kept state, trained on one rank and synced to the other.
+    "ditto": ("ditto_digits.yaml", []),
 }
 
 
@@ -48,7 +51,8 @@ def final_rows(run_folder):
     return {r["cid"]: r for r in rows if int(r["round"]) == last}
 
 
-@pytest.mark.parametrize("algorithm", ["fedavg", pytest.param("fedcmd", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("algorithm", ["fedavg", *(pytest.param(name, marks=pytest.mark.slow)
+                                                   for name in ("fedcmd", "fedprox", "ditto"))])
 def test_two_process_run_matches_standalone(algorithm, tmp_path):
     import fedcmd_plugin
 

@@ -86,8 +86,8 @@ SHORT = ["server.rounds=4", "server.test_every=2", "client.local_epoch=1", "outp
          "output.tensorboard=false", "fedcmd.selection_rounds=2"]
 
 
-@pytest.mark.parametrize("name", ["fedper", pytest.param("fedcmd", marks=pytest.mark.slow),
-                                  pytest.param("fedavg", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", ["fedper", *(pytest.param(name, marks=pytest.mark.slow)
+                                             for name in ("fedcmd", "fedavg", "apfl"))])
 def test_two_workers_give_exactly_the_sequential_results(tmp_run_dir, name):
     from fedcmd_plugin import load_config
 

@@ -1,2 +1,3 @@
 """Baseline algorithms, each a registered plugin on the shared personalisation machinery."""
-from fedcmd_plugin.baselines import fedavg, fedbabu, fedbn, fedper, fedrep, lg_fedavg, local, pfedsim  # noqa: F401
+from fedcmd_plugin.baselines import (apfl, ditto, fedavg, fedbabu, fedbn, feddyn, fedper, fedprox, fedrep,  # noqa: F401
+                                     lg_fedavg, local, pfedsim)

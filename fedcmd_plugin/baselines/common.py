@@ -1,9 +1,14 @@
-"""Model builders shared by the classification algorithms."""
+"""Model builders and client machinery shared by the classification baselines."""
+from contextlib import contextmanager
+
+from fedcmd_plugin import aggregate as agg
 from fedcmd_plugin.errors import ConfigError
+from fedcmd_plugin.federation.client import FederatedClient
 from fedcmd_plugin.models import build_model
 
 DEFAULT_CLASSIFIER = "lenet5"
 ALIASES = {"auto": DEFAULT_CLASSIFIER, "lenet": "lenet5"}  # "lenet" is EasyFL's default model name
+PERSONAL = "personal."  # kept-state names of a client's own model beside the global one (Ditto, APFL)
 
 
 def classification_model(conf, info):
@@ -13,3 +18,40 @@ def classification_model(conf, info):
                           f"data.dataset {conf.data.dataset!r} is a {info.task} data set")
     name = ALIASES.get(conf.model, conf.model)
     return build_model(name, info.in_channels, info.num_classes, info.image_size)
+
+
+def personal_model(kept):
+    """The state dict of the client's own model held in `kept` ({} before it has trained one)."""
+    return {key[len(PERSONAL):]: value for key, value in kept.items() if key.startswith(PERSONAL)}
+
+
+def as_kept(state):
+    """A state dict as kept entries of the client's own model (detached copies)."""
+    return {PERSONAL + key: value.detach().clone() for key, value in state.items()}
+
+
+def parameters_of(model):
+    """Detached copies of the model's parameters by name (an anchor the training is pulled towards)."""
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+class RegularisedClient(FederatedClient):
+    """A client whose batch loss gains weight/2 ||theta - anchor||^2 - <linear, theta> over the model's parameters
+    while `regularised(...)` is active: FedProx and Ditto's personal model use the proximal term, FedDyn both."""
+    regulariser = None
+
+    @contextmanager
+    def regularised(self, weight, anchor, linear=None):
+        self.regulariser = (weight, anchor, linear or {})
+        try:
+            yield
+        finally:
+            self.regulariser = None  # fine-tuning before a test trains on the plain loss
+
+    def train_batch(self, x, y, epoch, batch_index):
+        loss = super().train_batch(x, y, epoch, batch_index)
+        if self.regulariser is None:
+            return loss
+        weight, anchor, linear = self.regulariser
+        parameters = dict(self.model.named_parameters())
+        return loss + weight / 2 * agg.squared_distance(parameters, anchor) - agg.inner_product(parameters, linear)
