@@ -269,3 +269,48 @@ def fedap_weights(distances, momentum):
     weights = share / share.sum(dim=1, keepdim=True) * (1.0 - momentum)
     weights.fill_diagonal_(momentum)
     return weights
+
+
+# ----- regularised local objectives and their state (FedProx, Ditto, FedDyn, APFL) ---------------------------------
+# These act on {name: tensor} dicts of parameters, stay in the tensors' dtype and are differentiable, so the same
+# function is the training loss term and its hand-checkable value.
+def squared_distance(state, anchor):
+    """sum over anchor's keys of ||state[k] - anchor[k]||^2: the proximal term of FedProx, Ditto and FedDyn."""
+    return sum(((state[key] - value) ** 2).sum() for key, value in anchor.items())
+
+
+def inner_product(state, other):
+    """sum over other's keys of <state[k], other[k]> (FedDyn's linear term)."""
+    return sum((state[key] * value).sum() for key, value in other.items())
+
+
+def mixture(personal, shared, alpha, keys):
+    """{k: alpha * personal[k] + (1 - alpha) * shared[k]} over `keys`: APFL's mixed model, differentiable in the
+    models and in alpha (a number or a 0-dim tensor)."""
+    return {key: alpha * personal[key] + (1 - alpha) * shared[key] for key in keys}
+
+
+def feddyn_gradient_state(gradient, trained, server, alpha):
+    """A FedDyn client's linear-term state after its round: g_k <- g_k - alpha * (theta_k - theta), with theta the
+    server model the round started from (Acar et al. 2021, Algorithm 1), over gradient's keys."""
+    return {key: value - alpha * (trained[key] - server[key]) for key, value in gradient.items()}
+
+
+def feddyn_server_step(h, server, states, alpha, clients):
+    """FedDyn's server update over h's keys (Acar et al. 2021, Algorithm 1), in float64:
+    h <- h - alpha / m * sum_k (theta_k - theta) over the round's states theta_k, with m = `clients` (every client
+    of the federation, not only the round's); theta <- mean_k theta_k - h / alpha (the plain mean over the round's
+    clients). Returns (h, theta), each in the dtype of its input."""
+    if not states:
+        raise ValueError("nothing to aggregate: no states")
+    if alpha <= 0 or clients < len(states):
+        raise ValueError(f"FedDyn needs alpha > 0 and at least as many clients as states; got alpha={alpha}, "
+                         f"{clients} clients, {len(states)} states")
+    new_h, theta = {}, {}
+    for key, previous in h.items():
+        trained = torch.stack([state[key].to(torch.float64) for state in states])
+        drift = (trained - server[key].to(torch.float64)).sum(dim=0)
+        updated = previous.to(torch.float64) - alpha / clients * drift
+        new_h[key] = updated.to(previous.dtype)
+        theta[key] = (trained.mean(dim=0) - updated / alpha).to(server[key].dtype)
+    return new_h, theta

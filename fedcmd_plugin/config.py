@@ -31,6 +31,8 @@ NULLABLE_TYPES = {
     "fedcmd.personal_block": (str,),
     "fedcmd.preferred_block": (str,),
     "fedcmd.selection_rounds": (int,),
+    "ditto.personal_epochs": (int,),
+    "apfl.alpha_lr": (float,),
     "evaluation.sample_clients": (int,),
     "fedureid.target_clusters": (int,),
     "fedureid.pretrained_backbone": (str,),
@@ -60,6 +62,7 @@ POSITIVE = {
     "client.local_epoch", "client.batch_size", "client.test_batch_size", "data.num_of_clients",
     "data.class_per_client", "data.alpha", "client.straggler_min_local_epoch",
     "fedcmd.max_values", "fedcmd.score_batches", "fedcmd.selection_rounds", "output.similarity_top_k",
+    "feddyn.alpha", "ditto.personal_epochs",
     "evaluation.sample_clients",
     "fedureid.temperature", "fedureid.embedding_dim",
     "fedureid.patience", "fedureid.target_clusters", "fedureid.synthetic.edges", "fedureid.synthetic.identities",
@@ -69,11 +72,11 @@ POSITIVE = {
 NON_NEGATIVE = {"client.finetune_epoch", "client.optimizer.lr", "client.optimizer.momentum",
                 "client.optimizer.weight_decay", "data.min_size", "gpu", "seed",
                 "distributed.world_size", "personalization.body_epochs", "personalization.warmup_rounds",
-                "num_threads", "server.save_model_every",
+                "num_threads", "server.save_model_every", "fedprox.mu", "ditto.lambda", "apfl.alpha_lr",
                 "fedureid.size_penalty", "fedureid.memory_momentum", "fedureid.precision_threshold"}  # world_size 0 is EasyFL's "not distributed"
 FRACTIONS = {"data.train_test_split", "server.join_ratio"}  # in (0, 1]
 UNIT_INTERVAL = {"client.straggler_ratio", "fedureid.ema_beta", "fedureid.merge_percent",
-                 "fedureid.precision_saturation"}  # in [0, 1]
+                 "fedureid.precision_saturation", "apfl.alpha"}  # in [0, 1]
 TRACKING = "the plugin writes metrics to the run folder (output.save_metrics, output.tensorboard)"
 HETEROGENEITY = "simulate slow clients with client.straggler_ratio and client.straggler_min_local_epoch"
 LEAF = "it applies to EasyFL's LEAF data sets: set data.dataset, data.num_of_clients and data.split_type"

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from fedcmd_plugin.aggregate import (
-    ema, normalise_rows, personalised_aggregates, row_matrix, row_matrix_shape, rowwise_cosine, similarity_matrix,
-    softmax_row_mix,
+    ema, feddyn_gradient_state, feddyn_server_step, inner_product, mixture, normalise_rows, personalised_aggregates,
+    row_matrix, row_matrix_shape, rowwise_cosine, similarity_matrix, softmax_row_mix, squared_distance,
     weighted_average,
 )
 
@@ -158,3 +158,45 @@ def test_row_matrix_shape_matches_row_matrix():
     for shapes in ([(2, 3), (2,)], [(2, 2), (3,)], [(4, 1, 5, 5), (4,), (4,), ()], [()]):
         state = {f"k{i}": torch.zeros(shape) for i, shape in enumerate(shapes)}
         assert tuple(row_matrix(state, list(state)).shape) == row_matrix_shape(shapes), shapes
+
+
+# ----- regularised local objectives ------------------------------------------------------------------------------
+def test_proximal_and_linear_terms_match_hand_formula_and_differentiate():
+    w = {"a": torch.tensor([1.0, 2.0], requires_grad=True), "b": torch.tensor([[3.0]], requires_grad=True)}
+    anchor = {"a": torch.tensor([0.0, 4.0]), "b": torch.tensor([[1.0]])}
+    distance = squared_distance(w, anchor)
+    assert distance.item() == 1 + 4 + 4
+    distance.backward()
+    assert w["a"].grad.tolist() == [2.0, -4.0] and w["b"].grad.tolist() == [[4.0]]  # 2 (w - anchor)
+    assert inner_product(w, {"a": torch.tensor([2.0, -1.0])}).item() == 2 - 2  # only the keys given
+    assert squared_distance(w, {}) == 0 and inner_product(w, {}) == 0
+
+
+def test_mixture_is_the_convex_combination_and_differentiates_in_alpha():
+    alpha = torch.tensor(0.25, requires_grad=True)
+    personal, shared = {"w": torch.tensor([4.0, 0.0]), "n": torch.tensor(3)}, {"w": torch.tensor([0.0, 8.0])}
+    mixed = mixture(personal, shared, alpha, ["w"])
+    assert list(mixed) == ["w"] and mixed["w"].tolist() == [1.0, 6.0]
+    mixed["w"].sum().backward()
+    assert alpha.grad.item() == (4 - 0) + (0 - 8)  # d/dalpha = sum(personal - shared)
+
+
+def test_feddyn_gradient_state_matches_hand_formula():
+    updated = feddyn_gradient_state({"w": torch.tensor([1.0, 1.0])}, {"w": torch.tensor([3.0, 0.0])},
+                                    {"w": torch.tensor([1.0, 2.0])}, 0.5)
+    assert updated["w"].tolist() == [1 - 0.5 * 2, 1 - 0.5 * -2]
+
+
+def test_feddyn_server_step_matches_hand_formula_over_two_rounds():
+    server = {"w": torch.tensor([1.0, 2.0])}
+    h, theta = feddyn_server_step({"w": torch.zeros(2)}, server,
+                                  [{"w": torch.tensor([2.0, 2.0])}, {"w": torch.tensor([4.0, 0.0])}], 0.5, 4)
+    # h = 0 - 0.5 / 4 * ((2 - 1) + (4 - 1), (2 - 2) + (0 - 2)); theta = mean - h / 0.5
+    assert h["w"].tolist() == [-0.5, 0.25] and theta["w"].tolist() == [3 + 1, 1 - 0.5]
+    h, theta = feddyn_server_step(h, theta, [{"w": torch.tensor([5.0, 1.0])}, {"w": torch.tensor([3.0, 0.5])}],
+                                  0.5, 4)
+    assert h["w"].tolist() == [-0.5, 0.25 - 0.125 * 0.5] and theta["w"].tolist() == [4 + 1, 0.75 - 0.375]
+    with pytest.raises(ValueError, match="alpha > 0"):
+        feddyn_server_step(h, theta, [theta], 0.0, 4)
+    with pytest.raises(ValueError, match="no states"):
+        feddyn_server_step(h, theta, [], 0.5, 4)

@@ -9,71 +9,68 @@ from fedcmd_plugin.baselines.common import classification_model
 from fedcmd_plugin.federation.client import FederatedClient
 from fedcmd_plugin.federation.server import FederatedServer
 
-SEEN_MU = []  # the proximal weight each client reports it trained with (clients may run in worker processes)
+SEEN = []  # the setting each client reports it trained with (clients may run in worker processes)
 
 
-class ProxServer(FederatedServer):
+class DemoServer(FederatedServer):
     def round_meta(self):
-        return {"mu": self.conf.fedprox.mu}
+        return {"strength": self.conf.demo.strength}
 
     def aggregate(self, uploads):
-        SEEN_MU.extend(u.meta["mu"] for u in uploads)
+        SEEN.extend(u.meta["strength"] for u in uploads)
         super().aggregate(uploads)
 
 
-class ProxClient(FederatedClient):
-    """FedProx: local loss + mu/2 * ||w - w_global||^2 towards the model the round started from."""
+class DemoClient(FederatedClient):
+    """Trains as FedAvg does and reports the setting the server handed it."""
 
     def pre_train(self):
-        self.anchor = {name: p.detach().clone() for name, p in self.model.named_parameters()}
-        self.round_stats["mu"] = self.dispatch.meta["mu"]
-
-    def train_batch(self, x, y, epoch, batch_index):
-        prox = sum(((p - self.anchor[name]) ** 2).sum() for name, p in self.model.named_parameters())
-        return super().train_batch(x, y, epoch, batch_index) + self.dispatch.meta["mu"] / 2 * prox
+        self.round_stats["strength"] = self.dispatch.meta["strength"]
 
 
 @pytest.fixture
-def fedprox(monkeypatch):
-    """FedProx registered for one test only."""
+def demo(monkeypatch):
+    """A third-party algorithm with its own config section, registered for one test only."""
     monkeypatch.setattr(registry, "_ALGORITHMS", dict(registry.algorithms()))
-    SEEN_MU.clear()
+    SEEN.clear()
     return fedcmd_plugin.register_algorithm(fedcmd_plugin.Algorithm(
-        "fedprox", ProxServer, ProxClient, classification_model, "FedProx (test)", config={"fedprox": {"mu": 0.01}}))
+        "demo", DemoServer, DemoClient, classification_model, "demo (test)", config={"demo": {"strength": 0.01}}))
 
 
-def test_declared_section_has_its_defaults_and_reaches_the_algorithm(fedprox, small_digits_config):
-    assert fedcmd_plugin.load_config().fedprox.mu == 0.01
-    conf = small_digits_config(algorithm="fedprox", fedprox__mu=0.5)
-    fedcmd_plugin.register("fedprox")
+def test_declared_section_has_its_defaults_and_reaches_the_algorithm(demo, small_digits_config):
+    assert fedcmd_plugin.load_config().demo.strength == 0.01
+    conf = small_digits_config(algorithm="demo", demo__strength=0.5)
+    fedcmd_plugin.register("demo")
     easyfl.init(conf)
     easyfl.run()
-    assert SEEN_MU and set(SEEN_MU) == {0.5}  # every client of both rounds trained with the configured mu
+    assert SEEN and set(SEEN) == {0.5}  # every client of both rounds trained with the configured value
 
 
-def test_declared_section_is_checked_like_the_plugins_own(fedprox):
-    with pytest.raises(fedcmd_plugin.ConfigError, match=r"'fedprox.muu' is unknown \(did you mean 'fedprox.mu'\?\)"):
-        fedcmd_plugin.load_config(None, ["fedprox.muu=0.1"])
-    with pytest.raises(fedcmd_plugin.ConfigError, match="'fedprox.mu' expects a number"):
-        fedcmd_plugin.load_config(None, ["fedprox.mu=strong"])
+def test_declared_section_is_checked_like_the_plugins_own(demo):
+    unknown = r"'demo.strenght' is unknown \(did you mean 'demo.strength'\?\)"
+    with pytest.raises(fedcmd_plugin.ConfigError, match=unknown):
+        fedcmd_plugin.load_config(None, ["demo.strenght=0.1"])
+    with pytest.raises(fedcmd_plugin.ConfigError, match="'demo.strength' expects a number"):
+        fedcmd_plugin.load_config(None, ["demo.strength=strong"])
 
 
-def test_declared_section_appears_in_show_config(fedprox, capsys):
+def test_declared_section_appears_in_show_config(demo, capsys):
     from fedcmd_plugin.cli import main
 
     from conftest import CONFIGS
 
-    assert main(["show-config", str(CONFIGS / "fedavg_digits.yaml"), "fedprox.mu=0.2"]) == 0
+    assert main(["show-config", str(CONFIGS / "fedavg_digits.yaml"), "demo.strength=0.2"]) == 0
     shown = yaml.safe_load(capsys.readouterr().out)
-    assert shown["fedprox"] == {"mu": 0.2}
+    assert shown["demo"] == {"strength": 0.2}
 
 
-def test_a_section_cannot_take_an_existing_name(fedprox):
-    taken = fedcmd_plugin.Algorithm("other", ProxServer, ProxClient, classification_model, config={"server": {}})
-    with pytest.raises(ValueError, match="'server' is already used by the plugin's defaults"):
-        fedcmd_plugin.register_algorithm(taken)
-    twice = fedcmd_plugin.Algorithm("other", ProxServer, ProxClient, classification_model, config={"fedprox": {}})
-    with pytest.raises(ValueError, match="'fedprox' is already used by algorithm 'fedprox'"):
+def test_a_section_cannot_take_an_existing_name(demo):
+    for section in ("server", "fedprox"):  # the built-in algorithms' sections are the plugin's defaults too
+        taken = fedcmd_plugin.Algorithm("other", DemoServer, DemoClient, classification_model, config={section: {}})
+        with pytest.raises(ValueError, match=f"'{section}' is already used by the plugin's defaults"):
+            fedcmd_plugin.register_algorithm(taken)
+    twice = fedcmd_plugin.Algorithm("other", DemoServer, DemoClient, classification_model, config={"demo": {}})
+    with pytest.raises(ValueError, match="'demo' is already used by algorithm 'demo'"):
         fedcmd_plugin.register_algorithm(twice)
 
 

@@ -26,6 +26,9 @@ CASES = {
     "fedcmd": ("fedcmd_digits.yaml", ["fedcmd.selection_rounds=1"]),
     "fedfomo": ("fedfomo_digits.yaml", []),  # the latest models and affinity matrix on every rank
     "fedap": ("fedap_digits.yaml", ["fedap.pretrain_rounds=1"]),  # statistics gathered, local BatchNorm synced
+    "fedprox": ("fedprox_digits.yaml", ["fedprox.mu=0.1"]),
+    # Personal models in kept state, trained on one rank and synced to the other.
+    "ditto": ("ditto_digits.yaml", []),
 }
 
 

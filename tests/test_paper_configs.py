@@ -14,8 +14,8 @@ from conftest import CONFIGS
 from test_data_sources import write_idx
 
 PAPER = CONFIGS / "paper"
-METHODS = {"fedcmd", "local", "fedavg", "fedper", "fedrep", "fedbn", "lg_fedavg", "fedbabu", "pfedsim"}
-METHODS |= {"fedfomo", "fedap"}
+METHODS = {"fedcmd", "local", "fedavg", "fedper", "fedrep", "fedbn", "lg_fedavg", "fedbabu", "pfedsim", "fedprox",
+           "feddyn", "ditto", "apfl", "fedfomo", "fedap"}
 
 
 @pytest.mark.parametrize("alpha", ["0.1", "0.5", "1.0"])

@@ -33,20 +33,43 @@ def test_loopback_run_matches_standalone(cluster, tmp_path):
     assert all(row["clients"] == 2 and "missing_clients" not in row for row in metrics)
     assert (folders[0] / "checkpoints" / "global.pt").is_file()
     assert str(folders[0]) in result.stdout
+    assert_matches_standalone(folders[0], tmp_path)
 
-    # The same config in standalone mode: the same per-client results, round by round.
-    standalone = subprocess.run([sys.executable, "-m", "fedcmd_plugin", "run", CONFIG, *RUN,
+
+def assert_matches_standalone(remote, tmp_path, extra=()):
+    """The same config in standalone mode gives the remote run's per-client results, round by round."""
+    standalone = subprocess.run([sys.executable, "-m", "fedcmd_plugin", "run", CONFIG, *RUN, *extra,
                                  f"output.root={tmp_path / 'runs'}", f"data.root={tmp_path / 'data'}"],
                                 cwd=tmp_path, capture_output=True, text=True, timeout=RUN_TIMEOUT,
                                 stdin=subprocess.DEVNULL)
     assert standalone.returncode == 0, standalone.stderr
     (local,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
-    remote_rows, local_rows = client_rows(folders[0]), client_rows(local)
+    remote_rows, local_rows = client_rows(remote), client_rows(local)
     assert len(remote_rows) == len(local_rows) == 4
     for mine, theirs in zip(remote_rows, local_rows):
         assert (mine["round"], mine["cid"], mine["test_correct"]) == (theirs["round"], theirs["cid"],
                                                                        theirs["test_correct"])
         assert float(mine["test_loss"]) == pytest.approx(float(theirs["test_loss"]), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_state_kept_beside_the_model_stays_on_the_clients_and_matches_standalone(tmp_path):
+    """APFL: each client keeps its local model and mixing weight (never sent) and is tested with the mixture."""
+    extra = ["algorithm=apfl"]
+    cluster = Cluster(tmp_path / "remote", extra=extra)
+    cluster.folder.mkdir()
+    try:
+        cluster.start()
+        result = cluster.trigger()
+        assert result.returncode == 0, f"trigger failed:\n{result.stdout}\n{result.stderr}\n{cluster.logs()}"
+        (folder,) = cluster.run_folders()
+        metrics = assert_complete(folder)
+        assert all(row["clients"] == 2 and "rejected_uploads" not in row for row in metrics)
+        assert all("alpha_mean" in row for row in metrics)  # the clients' meta reached the server
+        assert not (folder / "checkpoints" / "clients.pt").exists()  # the personal models never left the clients
+    finally:
+        cluster.processes.stop()
+    assert_matches_standalone(folder, tmp_path, extra)
 
 
 def test_easyfl_stub_triggers_run_and_model_field_is_never_unpickled(cluster, tmp_path):

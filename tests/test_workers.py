@@ -87,7 +87,7 @@ SHORT = ["server.rounds=4", "server.test_every=2", "client.local_epoch=1", "outp
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["fedper", "fedcmd", "fedavg"])
+@pytest.mark.parametrize("name", ["fedper", "fedcmd", "fedavg", "apfl"])
 def test_two_workers_give_exactly_the_sequential_results(tmp_run_dir, name):
     from fedcmd_plugin import load_config
 

@@ -1,3 +1,3 @@
 """Baseline algorithms, each a registered plugin on the shared personalisation machinery."""
-from fedcmd_plugin.baselines import fedavg, fedbabu, fedbn, fedper, fedrep, lg_fedavg, local, pfedsim  # noqa: F401
-from fedcmd_plugin.baselines import fedap, fedfomo  # noqa: F401
+from fedcmd_plugin.baselines import (apfl, ditto, fedap, fedavg, fedbabu, fedbn, feddyn,  # noqa: F401
+                                     fedfomo, fedper, fedprox, fedrep, lg_fedavg, local, pfedsim)

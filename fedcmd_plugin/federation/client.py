@@ -3,6 +3,9 @@
 A round is `run_round(dispatch)`: download (initial < server state < the client's kept state) -> pre_train ->
 train -> post_train -> `make_upload`. Algorithms override `train_batch`, `training_batches`, `personal_keys`,
 `post_train` or `make_upload`; nothing here knows which mode (standalone, distributed, remote) is running.
+
+`kept` holds the model's personal keys and, under names that are not model keys, whatever else an algorithm keeps
+(a personal model, gradient state): `download` loads only the model's part and `make_upload` carries the rest over.
 """
 import copy
 import time
@@ -16,6 +19,11 @@ from fedcmd_plugin.federation.messages import Upload
 from fedcmd_plugin.federation.progress import epoch_bar
 from fedcmd_plugin.federation.seeding import client_generator
 from fedcmd_plugin.models import has_batch_norm
+
+
+def model_entries(kept, model_state):
+    """The entries of `kept` that are model state (its keys are `model_state`'s)."""
+    return {key: value for key, value in kept.items() if key in model_state}
 
 
 class FederatedClient(BaseClient):
@@ -39,7 +47,7 @@ class FederatedClient(BaseClient):
         self.dispatch = dispatch
         state = dict(self.initial_state)
         state.update(dispatch.state)
-        state.update(self.kept)
+        state.update(model_entries(self.kept, self.initial_state))
         self.model.load_state_dict(state)
         self.model.to(self.device)
 
@@ -106,15 +114,21 @@ class FederatedClient(BaseClient):
     def make_upload(self, dispatch):
         personal = set(self.personal_keys(dispatch))
         state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.kept = {k: state[k] for k in personal}
+        own = {k: v for k, v in self.kept.items() if k not in state}
+        self.kept = {**own, **{k: state[k] for k in personal}}
         shared = {k: v for k, v in state.items() if k not in personal}
         meta, self.round_stats = dict(self.round_stats), {}
         return Upload(self.cid, self.train_data.size(self.cid), shared, dict(self.kept), {}, meta)
 
+    def load_personalised(self, dispatch):
+        """Put the model this client uses (tests, fine-tunes) into the workspace: by default what `download`
+        loads; algorithms with a model of their own beside the global one (Ditto, APFL) load that."""
+        self.download(dispatch)
+
     def personalised_model(self, dispatch):
         """The model this client would use now: the server's state for it plus its own kept state,
         fine-tuned on a copy for `client.finetune_epoch` epochs when set."""
-        self.download(dispatch)
+        self.load_personalised(dispatch)
         epochs = int(dispatch.meta.get("finetune_epoch", self.conf.finetune_epoch))
         if epochs <= 0:
             return self.model

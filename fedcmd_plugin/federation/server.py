@@ -4,7 +4,8 @@ One round: seeded selection -> this rank's share of the clients -> `training_dis
 uploads gathered from all ranks -> `aggregate(uploads)`. Every `test_every` rounds each client's personalised
 model (test_mode=test_in_client) or the global model (test_in_server) is evaluated on each client's test split.
 Algorithms override `personal_keys`, `dispatch_for` (what a client's model is), `training_dispatch` (what only
-training needs on top), `aggregate` and `round_meta`; the maths they call lives in `fedcmd_plugin.aggregate`.
+training needs on top), `aggregate` and `round_meta` (and `client_model_state` when a client's model is not the
+server's state plus its kept model keys); the maths they call lives in `fedcmd_plugin.aggregate`.
 """
 import time
 from dataclasses import asdict
@@ -16,6 +17,7 @@ from easyfl.server import BaseServer
 from fedcmd_plugin import aggregate as agg
 from fedcmd_plugin.errors import ConfigError, PluginError
 from fedcmd_plugin.federation import distributed, progress
+from fedcmd_plugin.federation.client import model_entries
 from fedcmd_plugin.federation.evaluation import measure, sampled_accuracy_interval, summarise_classification
 from fedcmd_plugin.federation.fleet import LocalFleet
 from fedcmd_plugin.federation.messages import Dispatch
@@ -30,6 +32,7 @@ EVALUATION_CHUNK = 256  # clients whose dispatches exist at once while evaluatin
 
 class FederatedServer(BaseServer):
     has_global_model = True  # False for algorithms where every client ends with its own model only
+    personal_models = False  # True where clients test a model of their own beside the global one (Ditto, APFL)
     fleet = None  # a Fleet handed over before `start` (remote mode); None: the clients are local objects
 
     # ----- life cycle -------------------------------------------------------------------------------------
@@ -105,17 +108,24 @@ class FederatedServer(BaseServer):
             states["global"] = {k: v.detach().cpu() for k, v in self._model.state_dict().items()}
         personal = {}
         for cid in self.client_order:
-            kept = self.fleet.kept(cid)
-            if kept or not self.has_global_model:
-                state = dict(self.initial_state)
-                state.update(self.dispatch_for(cid).state)
-                state.update(kept)
+            state = self.client_model_state(cid, self.fleet.kept(cid))
+            if state is not None:
                 personal[cid] = {k: v.detach().cpu() for k, v in state.items()}
         if personal:
             states["clients"] = personal
         return states
 
     # ----- algorithm hooks ----------------------------------------------------------------------------------
+    def client_model_state(self, cid, kept):
+        """The state dict of the model client `cid` uses (its checkpoint, loadable into the model), from what the
+        server sends it and the client's `kept` state; None where that model is the global one."""
+        if not kept and self.has_global_model:
+            return None
+        state = dict(self.initial_state)
+        state.update(self.dispatch_for(cid).state)
+        state.update(model_entries(kept, state))
+        return state
+
     def personal_keys(self):
         """State-dict keys that stay on the clients this round."""
         return []
@@ -286,7 +296,7 @@ class FederatedServer(BaseServer):
 
     def summarise_evaluation(self, results):
         summary = summarise_classification(results, method=self.conf.test_method)
-        one_model = self.conf.test_mode == "test_in_server" or not self.finetune_epochs()
+        one_model = self.conf.test_mode == "test_in_server" or not (self.finetune_epochs() or self.personal_models)
         if self.has_global_model and "accuracy" in summary and one_model:
             summary["global_accuracy"] = summary["accuracy"]  # one model for all clients
         return summary
