@@ -62,7 +62,7 @@ POSITIVE = {
     "client.local_epoch", "client.batch_size", "client.test_batch_size", "data.num_of_clients",
     "data.class_per_client", "data.alpha", "client.straggler_min_local_epoch",
     "fedcmd.max_values", "fedcmd.score_batches", "fedcmd.selection_rounds", "output.similarity_top_k",
-    "feddyn.alpha", "ditto.personal_epochs",
+    "feddyn.alpha", "ditto.personal_epochs", "fedfomo.models_per_round", "fedap.pretrain_rounds",
     "evaluation.sample_clients",
     "fedureid.temperature", "fedureid.embedding_dim",
     "fedureid.patience", "fedureid.target_clusters", "fedureid.synthetic.edges", "fedureid.synthetic.identities",
@@ -75,8 +75,10 @@ NON_NEGATIVE = {"client.finetune_epoch", "client.optimizer.lr", "client.optimize
                 "num_threads", "server.save_model_every", "fedprox.mu", "ditto.lambda", "apfl.alpha_lr",
                 "fedureid.size_penalty", "fedureid.memory_momentum", "fedureid.precision_threshold"}  # world_size 0 is EasyFL's "not distributed"
 FRACTIONS = {"data.train_test_split", "server.join_ratio"}  # in (0, 1]
+OPEN_FRACTIONS = {"fedfomo.val_ratio"}  # in (0, 1)
 UNIT_INTERVAL = {"client.straggler_ratio", "fedureid.ema_beta", "fedureid.merge_percent",
-                 "fedureid.precision_saturation", "apfl.alpha"}  # in [0, 1]
+                 "fedureid.precision_saturation", "apfl.alpha", "fedfomo.epsilon", "fedfomo.epsilon_decay",
+                 "fedap.model_momentum"}  # in [0, 1]
 TRACKING = "the plugin writes metrics to the run folder (output.save_metrics, output.tensorboard)"
 HETEROGENEITY = "simulate slow clients with client.straggler_ratio and client.straggler_min_local_epoch"
 LEAF = "it applies to EasyFL's LEAF data sets: set data.dataset, data.num_of_clients and data.split_type"
@@ -118,13 +120,11 @@ def builtin_defaults():
     return OmegaConf.merge(OmegaConf.load(str(easyfl_defaults_file())), OmegaConf.load(str(PLUGIN_DEFAULTS)))
 
 
-def defaults(tree=None):
-    """The built-in defaults plus the config sections that registered algorithms declare. A top-level key of `tree`
-    that neither holds loads the built-in algorithms first (importing them costs seconds), which may declare it."""
+def defaults():
+    """The built-in defaults plus the config sections that registered algorithms declare."""
     from fedcmd_plugin.registry import algorithm_sections
 
-    base = builtin_defaults()
-    return OmegaConf.merge(base, algorithm_sections(load=any(key not in base for key in tree or ())))
+    return OmegaConf.merge(builtin_defaults(), algorithm_sections())
 
 
 def read_yaml(path, _seen=()):
@@ -210,7 +210,7 @@ def load_config(source=None, overrides=()):
     else:
         raise ConfigError(f"config must be a YAML path or a mapping, got {type(source).__name__}")
     tree = merge_trees(tree, parse_overrides(overrides))
-    base = defaults(tree)
+    base = defaults()
     validate(tree, base)
     conf = OmegaConf.merge(base, tree)
     check_values(conf, base)
@@ -295,7 +295,7 @@ def check_values(conf, base):
         value = OmegaConf.select(conf, dotted)
         if value not in choices:
             raise ConfigError(f"config key '{dotted}' must be one of {', '.join(map(str, choices))}; got {value!r}")
-    for dotted in POSITIVE | NON_NEGATIVE | FRACTIONS | UNIT_INTERVAL:
+    for dotted in POSITIVE | NON_NEGATIVE | FRACTIONS | OPEN_FRACTIONS | UNIT_INTERVAL:
         value = OmegaConf.select(conf, dotted)
         if value is None:
             continue
@@ -305,6 +305,8 @@ def check_values(conf, base):
             raise ConfigError(f"config key '{dotted}' must be >= 0; got {value!r}")
         if dotted in FRACTIONS and not 0 < value <= 1:
             raise ConfigError(f"config key '{dotted}' must be in (0, 1]; got {value!r}")
+        if dotted in OPEN_FRACTIONS and not 0 < value < 1:
+            raise ConfigError(f"config key '{dotted}' must be in (0, 1); got {value!r}")
         if dotted in UNIT_INTERVAL and not 0 <= value <= 1:
             raise ConfigError(f"config key '{dotted}' must be in [0, 1]; got {value!r}")
     for dotted, instead in REPLACED.items():

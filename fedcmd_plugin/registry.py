@@ -54,10 +54,9 @@ def check_sections(algorithm):
                              f"{owners[section]}")
 
 
-def algorithm_sections(load=False):
-    """The config sections of every registered algorithm (entry points included): {section: {key: default}}.
-    `load`: also those of the built-in algorithms when they are not imported yet."""
-    if load or entry_points(group=ENTRY_POINT_GROUP):
+def algorithm_sections():
+    """The config sections of every registered algorithm (entry points included): {section: {key: default}}."""
+    if entry_points(group=ENTRY_POINT_GROUP):
         load_builtins()  # the built-in algorithms first, as always, so that entry points may replace them
     return {section: dict(keys) for algorithm in _ALGORITHMS.values() for section, keys in algorithm.config.items()}
 

@@ -73,12 +73,3 @@ def test_a_section_cannot_take_an_existing_name(demo):
     with pytest.raises(ValueError, match="'demo' is already used by algorithm 'demo'"):
         fedcmd_plugin.register_algorithm(twice)
 
-
-def test_a_builtin_algorithms_section_is_known_before_its_module_is_imported(monkeypatch):
-    """Importing the built-in algorithms costs seconds: load_config does it only for a key nothing else declares."""
-    loaded = dict(registry.algorithms())
-    imports = []
-    monkeypatch.setattr(registry, "_ALGORITHMS", {})
-    monkeypatch.setattr(registry, "load_builtins", lambda: (imports.append(1), registry._ALGORITHMS.update(loaded)))
-    assert "fedap" not in fedcmd_plugin.load_config(None, ["server.rounds=3"]) and not imports
-    assert fedcmd_plugin.load_config(None, ["fedap.model_momentum=0.7"]).fedap.model_momentum == 0.7 and imports

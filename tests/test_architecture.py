@@ -2,7 +2,6 @@
 import cycle among the modules' top-level imports. Computed from the source, so the section cannot drift."""
 import ast
 import re
-from pathlib import Path
 
 from conftest import REPO
 

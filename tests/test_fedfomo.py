@@ -17,7 +17,6 @@ from fedcmd_plugin.aggregate import (
 )
 from fedcmd_plugin.baselines.fedfomo import (
     FedFomoServer,
-    check_config,
     choose_peers,
     exploration,
     validation_count,
@@ -108,23 +107,13 @@ def test_config_keys_have_defaults_types_and_ranges():
     assert dict(conf.fedfomo) == {"models_per_round": 5, "epsilon": 0.3, "epsilon_decay": 0.05, "val_ratio": 0.2}
     with pytest.raises(ConfigError, match="'fedfomo.models_per_round' expects an integer"):
         load_config(None, ["fedfomo.models_per_round=2.5"])
-    for override, message in (("fedfomo.models_per_round=0", "'fedfomo.models_per_round' must be >= 1"),
+    for override, message in (("fedfomo.models_per_round=0", "'fedfomo.models_per_round' must be > 0"),
                               ("fedfomo.epsilon=1.5", r"'fedfomo.epsilon' must be in \[0, 1\]"),
                               ("fedfomo.epsilon_decay=-0.1", r"'fedfomo.epsilon_decay' must be in \[0, 1\]"),
-                              ("fedfomo.val_ratio=1.0", r"'fedfomo.val_ratio' must be in \(0, 1\)")):
+                              ("fedfomo.val_ratio=1.0", r"'fedfomo.val_ratio' must be in \(0, 1\)"),
+                              ("fedfomo.val_ratio=0.0", r"'fedfomo.val_ratio' must be in \(0, 1\)")):
         with pytest.raises(ConfigError, match=message):
-            check_config(load_config(None, [override]))
-
-
-def test_the_registered_model_builder_checks_the_section_before_any_run():
-    from fedcmd_plugin import algorithms
-    from fedcmd_plugin.data.federated import DataInfo
-
-    build = algorithms()["fedfomo"].model
-    info = DataInfo(in_channels=1, image_size=8, num_classes=10)
-    assert build(load_config(None, ["algorithm=fedfomo"]), info) is not None
-    with pytest.raises(ConfigError, match="'fedfomo.val_ratio'"):
-        build(load_config(None, ["algorithm=fedfomo", "fedfomo.val_ratio=0.0"]), info)
+            load_config(None, [override])
 
 
 def test_remote_limit_must_hold_the_models_a_dispatch_carries():

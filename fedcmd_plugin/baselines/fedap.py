@@ -28,19 +28,16 @@ from fedcmd_plugin.personalized.layers import BATCH_NORMS, bn_keys
 from fedcmd_plugin.personalized.server import PersonalizedServer
 from fedcmd_plugin.registry import Algorithm, register_algorithm
 
-DEFAULTS = {"pretrain_rounds": 10, "model_momentum": 0.5}
 STATISTICS = ("mean", "var")  # upload extras "mean/<layer>" and "var/<layer>"
 
 
 def check_config(conf):
-    """Ranges of the fedap section (its types are checked with the config)."""
+    """Pre-training must leave a personalised round (the section's own ranges are checked with the config)."""
     fedap = conf.fedap
     if not 1 <= fedap.pretrain_rounds < conf.server.rounds:
         raise ConfigError(f"config key 'fedap.pretrain_rounds' must be in 1..server.rounds - 1 (FedAvg pre-training, "
                           f"then at least one personalised round); got {fedap.pretrain_rounds!r} with server.rounds="
                           f"{conf.server.rounds}")
-    if not 0 <= fedap.model_momentum <= 1:
-        raise ConfigError(f"config key 'fedap.model_momentum' must be in [0, 1]; got {fedap.model_momentum!r}")
 
 
 def fedap_model(conf, info):
@@ -160,4 +157,4 @@ class FedAPClient(PersonalizedClient):
 
 register_algorithm(Algorithm("fedap", FedAPServer, FedAPClient, fedap_model,
                              "FedAP: FedAvg pre-training, then aggregation weighted by BatchNorm-statistics "
-                             "similarity with local BatchNorm layers", config={"fedap": DEFAULTS}))
+                             "similarity with local BatchNorm layers"))

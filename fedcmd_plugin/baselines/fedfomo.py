@@ -32,25 +32,7 @@ from fedcmd_plugin.federation.seeding import derived_seed
 from fedcmd_plugin.federation.server import FederatedServer
 from fedcmd_plugin.registry import Algorithm, register_algorithm
 
-DEFAULTS = {"models_per_round": 5, "epsilon": 0.3, "epsilon_decay": 0.05, "val_ratio": 0.2}
 MESSAGE_SLACK = 1024 * 1024  # bytes of headers and metadata beside the tensors of one dispatch
-
-
-def check_config(conf):
-    """Ranges of the fedfomo section (its types are checked with the config)."""
-    fomo = conf.fedfomo
-    if fomo.models_per_round < 1:
-        raise ConfigError(f"config key 'fedfomo.models_per_round' must be >= 1; got {fomo.models_per_round!r}")
-    for key in ("epsilon", "epsilon_decay"):
-        if not 0 <= fomo[key] <= 1:
-            raise ConfigError(f"config key 'fedfomo.{key}' must be in [0, 1]; got {fomo[key]!r}")
-    if not 0 < fomo.val_ratio < 1:
-        raise ConfigError(f"config key 'fedfomo.val_ratio' must be in (0, 1); got {fomo.val_ratio!r}")
-
-
-def fedfomo_model(conf, info):
-    check_config(conf)
-    return classification_model(conf, info)
 
 
 def exploration(epsilon, decay, round_index):
@@ -206,6 +188,6 @@ class FedFomoClient(FederatedClient):
         return upload
 
 
-register_algorithm(Algorithm("fedfomo", FedFomoServer, FedFomoClient, fedfomo_model,
+register_algorithm(Algorithm("fedfomo", FedFomoServer, FedFomoClient, classification_model,
                              "FedFomo: each client steps towards the other clients' models that lower its "
-                             "validation loss", config={"fedfomo": DEFAULTS}))
+                             "validation loss"))
