@@ -40,7 +40,8 @@ NULLABLE_TYPES = {
     "remote.tls.key": (str,),
 }
 # Keys that accept more than their default's type.
-EXTRA_TYPES = {"output.progress": (str, bool), "parallel.workers": (str, int)}
+EXTRA_TYPES = {"output.progress": (str, bool), "parallel.workers": (str, int),
+               "distributed.timeout_seconds": (float,)}
 CHOICES = {
     "data.split_type": ("iid", "dir", "class", "natural"),
     "data.emnist_split": ("byclass", "bymerge", "balanced", "letters", "digits", "mnist"),
@@ -64,7 +65,7 @@ POSITIVE = {
     "fedureid.temperature", "fedureid.embedding_dim",
     "fedureid.patience", "fedureid.target_clusters", "fedureid.synthetic.edges", "fedureid.synthetic.identities",
     "fedureid.synthetic.test_identities", "fedureid.synthetic.cameras", "fedureid.synthetic.images_per_camera",
-    "remote.max_message_mb", "remote.max_abs_value",
+    "remote.max_message_mb", "remote.max_abs_value", "distributed.timeout_seconds",
 }
 NON_NEGATIVE = {"client.finetune_epoch", "client.optimizer.lr", "client.optimizer.momentum",
                 "client.optimizer.weight_decay", "data.min_size", "gpu", "seed",

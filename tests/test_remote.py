@@ -2,15 +2,15 @@
 docker-compose.yml (`fedcmd-plugin remote server|client|trigger`), plus in-process checks of the wire rules.
 
 Every process runs in its own process group and is killed when its fixture ends, whatever the outcome;
-every wait has a deadline (tests/remote_helpers.py).
+every wait has a deadline (tests/processes.py).
 """
 import pickle
-import subprocess
 import sys
 
 import pytest
-from remote_helpers import (CONFIG, OPERATOR, REPO, RUN, RUN_TIMEOUT, Cluster, Processes, Trap, assert_complete,
-                            client_rows, free_port, read_json)
+from processes import free_port, run
+from remote_helpers import (CONFIG, OPERATOR, REPO, RUN, RUN_TIMEOUT, START_TIMEOUT, Cluster, Trap, assert_complete,
+                            client_rows, read_json, services)
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +35,8 @@ def test_loopback_run_matches_standalone(cluster, tmp_path):
     assert str(folders[0]) in result.stdout
 
     # The same config in standalone mode: the same per-client results, round by round.
-    standalone = subprocess.run([sys.executable, "-m", "fedcmd_plugin", "run", CONFIG, *RUN,
-                                 f"output.root={tmp_path / 'runs'}", f"data.root={tmp_path / 'data'}"],
-                                cwd=tmp_path, capture_output=True, text=True, timeout=RUN_TIMEOUT,
-                                stdin=subprocess.DEVNULL)
+    standalone = run([sys.executable, "-m", "fedcmd_plugin", "run", CONFIG, *RUN, f"output.root={tmp_path / 'runs'}",
+                      f"data.root={tmp_path / 'data'}"], RUN_TIMEOUT, cwd=tmp_path)
     assert standalone.returncode == 0, standalone.stderr
     (local,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
     remote_rows, local_rows = client_rows(folders[0]), client_rows(local)
@@ -128,15 +126,14 @@ def test_client_dying_mid_round_is_left_out(tmp_path):
 def test_trigger_fails_with_one_line_when_no_client_answers(tmp_path):
     """A server without reachable clients: the trigger ends non-zero with the server's reason."""
     port, dead = free_port(), free_port()
-    processes = Processes(tmp_path)
+    processes = services(tmp_path)
     overrides = [*RUN, f"output.root={tmp_path / 'runs'}", f"data.root={tmp_path / 'data'}",
                  f"remote.server_address=127.0.0.1:{port}", f"remote.client_addresses=[127.0.0.1:{dead}]"]
     try:
         processes.start("server", ["remote", "server", CONFIG, *overrides, f"remote.server_port={port}"])
-        processes.wait_listening("server", port)
-        result = subprocess.run([sys.executable, "-m", "fedcmd_plugin", "remote", "trigger", CONFIG, *overrides,
-                                 "--timeout", "120"], cwd=tmp_path, env=processes.env,
-                                capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+        processes.wait_listening("server", port, START_TIMEOUT)
+        result = run([sys.executable, "-m", "fedcmd_plugin", "remote", "trigger", CONFIG, *overrides, "--timeout", "120"],
+                      180, cwd=tmp_path, env=processes.env)
     finally:
         processes.stop()
     assert result.returncode != 0
