@@ -126,12 +126,19 @@ def defaults():
 def read_yaml(path, _seen=()):
     """A YAML config file as a dict, following `extends:` chains; errors name the file."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory: name a YAML file in it")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     if path.resolve() in _seen:
         raise ConfigError(f"config file {path}: `{EXTENDS_KEY}` forms a cycle")
     try:
         tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}: {exc.object[exc.start]:#04x}); "
+                          "save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""

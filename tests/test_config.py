@@ -158,6 +158,12 @@ def test_config_must_be_a_mapping(tmp_path):
         load_config(write(tmp_path / "list.yaml", "- 1\n- 2\n"))
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "absent.yaml")
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path)
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("output:\n  name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.yaml is not UTF-8 text \(byte 19: 0xe9\)"):
+        load_config(latin1)
     with pytest.raises(ConfigError):
         load_config(42)
 
