@@ -50,9 +50,12 @@ def run_experiment(conf):
 
 def command_run(args):
     from fedcmd_plugin.config import load_config
+    from fedcmd_plugin.tracking.recorder import usable_root
 
     configs, overrides = split_arguments(args.items)
     loaded = [load_config(path, overrides) for path in configs]  # check every file before the first run
+    for conf in loaded:
+        usable_root(conf.output.root)
     if args.nproc > 1:
         from fedcmd_plugin.launcher import launch
 

@@ -116,6 +116,10 @@ def test_client_dying_mid_round_is_left_out(tmp_path):
         assert metrics[1]["round_seconds"] >= 15  # waited server.round_timeout for the silent client
         rows = client_rows(folder)
         assert [r["cid"] for r in rows if r["round"] == "3"] == ["c000"]
+        summary = read_json(folder / "summary.json")  # the headline covers c000 only, and says so
+        assert (summary["final"]["evaluated_clients"], summary["final"]["expected_clients"]) == (1, 2)
+        assert summary["final"]["missing_eval_clients"] == ["c001"] and summary["missing_clients"] == {"c001": [2, 3]}
+        assert "[over 1 of 2 clients, missing c001]" in result.stdout
         server_log = cluster.processes.log("server")
         assert "round 2: client c001" in server_log and "no answer within server.round_timeout=15 s" in server_log
     finally:
@@ -141,6 +145,32 @@ def test_trigger_fails_with_one_line_when_no_client_answers(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: run ") and "no client answered" in lines[0], result.stderr
     (folder,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
     assert read_json(folder / "status.json")["state"] == "failed"
+
+
+def test_stop_ends_the_run_and_its_folder_says_stopped(cluster):
+    """Stop right after Run: the run ends after the round in progress (or before the first), and neither the
+    server's status nor the run folder calls it complete."""
+    from easyfl.pb import common_pb2, server_service_pb2, server_service_pb2_grpc
+
+    from fedcmd_plugin.remote.transport import Transport
+    from fedcmd_plugin.remote.trigger import wait_for_run
+
+    before = set(cluster.run_folders())
+    chan = Transport(4 * 1024 * 1024).channel(cluster.address)
+    try:
+        stub = server_service_pb2_grpc.ServerServiceStub(chan)
+        started = stub.Run(server_service_pb2.RunRequest(), timeout=60, metadata=OPERATOR)
+        assert started.status.code == common_pb2.SC_OK, started.status.message
+        stopped = stub.Stop(server_service_pb2.StopRequest(), timeout=60, metadata=OPERATOR)
+        assert stopped.status.code == common_pb2.SC_OK, stopped.status.message
+        final = wait_for_run(chan, cluster.address, OPERATOR, started.status.message.split()[1], timeout=RUN_TIMEOUT)
+    finally:
+        chan.close()
+    (folder,) = set(cluster.run_folders()) - before
+    status, summary = read_json(folder / "status.json"), read_json(folder / "summary.json")
+    assert final["state"] == status["state"] == "stopped"
+    assert final["round"] == status["round"] == summary["rounds_run"] < summary["rounds"] == status["rounds"] == 2
+    assert status["reason"] == "a Stop request from the operator"
 
 
 # ------------------------------------------------------------------------------------------------- small pieces
