@@ -5,12 +5,22 @@ Every process runs in its own process group and is killed when its fixture ends,
 every wait has a deadline (tests/processes.py).
 """
 import pickle
+import socket
 import sys
+import threading
+import time
+from types import SimpleNamespace
 
 import pytest
+import torch
+from easyfl.pb import client_service_pb2 as client_pb
+from easyfl.pb import client_service_pb2_grpc as client_grpc
+from easyfl.pb import common_pb2 as common_pb
 from processes import free_port, run
 from remote_helpers import (CONFIG, OPERATOR, REPO, RUN, RUN_TIMEOUT, START_TIMEOUT, Cluster, Trap, assert_complete,
                             client_rows, read_json, services)
+
+from fedcmd_plugin.federation.messages import Upload
 
 
 @pytest.fixture(scope="module")
@@ -235,6 +245,112 @@ def test_envelope_round_trip():
             unwrap(bad)
 
 
+
+
+# ------------------------------------------------------------------------------------- peers that disappear
+STATE = {"w": torch.ones(2, 3), "b": torch.zeros(3)}
+SIZES = {"c000": {"train": 40, "test": 30}, "c001": {"train": 50, "test": 20}}
+LIMIT = 1024 * 1024
+
+
+def accepted():
+    return client_pb.OperateResponse(status=common_pb.Status(code=common_pb.SC_OK))
+
+
+class Vanishing(client_grpc.ClientServiceServicer):
+    """Accepts the round's request, then is never heard of again."""
+
+    def Operate(self, request, context):
+        return accepted()
+
+
+class Answering(client_grpc.ClientServiceServicer):
+    """Accepts the request and soon delivers its upload to the round (as the server's Upload would)."""
+
+    def __init__(self, router, cid):
+        self.router, self.cid = router, cid
+
+    def Operate(self, request, context):
+        key = (request.config.task_id, request.config.round_id, "train")
+        upload = Upload(self.cid, SIZES[self.cid]["train"], {k: v.clone() for k, v in STATE.items()})
+        threading.Timer(0.2, self.router.deliver, (key, self.cid), {"value": upload}).start()
+        return accepted()
+
+
+def test_a_round_goes_on_without_a_client_that_vanished_mid_round():
+    """One client accepts and vanishes, another cannot be reached at all, a third answers: after
+    server.round_timeout the round goes on with the answer it has, naming the missing clients."""
+    from fedcmd_plugin import load_config
+    from fedcmd_plugin.federation.messages import Dispatch
+    from fedcmd_plugin.remote import auth, validation
+    from fedcmd_plugin.remote.fleet import RemoteFleet
+    from fedcmd_plugin.remote.router import UploadRouter
+    from fedcmd_plugin.remote.transport import Transport
+    from fedcmd_plugin.remote.wire import Endpoint
+
+    sizes = {**SIZES, "c002": SIZES["c000"]}
+    router, transport, servers, notes = UploadRouter(), Transport(LIMIT), [], {}
+    ports = {}
+    for cid, servicer in (("c000", Vanishing()), ("c001", Answering(router, "c001"))):
+        ports[cid] = free_port()
+        server = transport.server("127.0.0.1", ports[cid], 2)
+        client_grpc.add_ClientServiceServicer_to_server(servicer, server)
+        server.start()
+        servers.append(server)
+    ports["c002"] = free_port()  # nothing listens there
+    endpoints = [Endpoint(cid, f"127.0.0.1:{port}", i) for i, (cid, port) in enumerate(sorted(ports.items()))]
+    conf = load_config(None, ["server.round_timeout=1", "data.num_of_clients=3"])
+    fleet = RemoteFleet(conf, endpoints, transport, "server-token", router, auth.Tickets("run1"),
+                        validation.Policy(STATE, sizes, "classification", 0, 1e6), dict(STATE),
+                        note=lambda round_index, values: notes.update(values))
+    try:
+        started = time.monotonic()
+        uploads = fleet.train({cid: Dispatch(dict(STATE), {"round": 0, "personal_keys": []}) for cid in ports})
+        waited = time.monotonic() - started
+    finally:
+        fleet.close()
+        for server in servers:
+            server.stop(0).wait(5)
+    assert [u.cid for u in uploads] == ["c001"]
+    assert notes["missing_clients"] == ["c000", "c002"]
+    assert 1 <= waited < 30  # the round's deadline, not forever
+
+
+def test_a_client_whose_server_vanished_gives_up_its_upload_and_serves_on(monkeypatch):
+    """The server accepts the connection and never answers: the upload ends at its deadline, and the next
+    request is worked off as usual."""
+    from fedcmd_plugin.federation.messages import Dispatch
+    from fedcmd_plugin.remote import client as client_module
+    from fedcmd_plugin.remote.transport import Transport
+    from fedcmd_plugin.remote.wire import wrap
+
+    monkeypatch.setattr(client_module, "UPLOAD_TIMEOUT", 0.5)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    trainer = SimpleNamespace(run_round=lambda dispatch: Upload("c000", 40, dict(dispatch.state)))
+    service = client_module.ClientService(lambda cid, state: trainer, {}, {0: "c000"},
+                                          f"127.0.0.1:{silent.getsockname()[1]}", Transport(LIMIT))
+    sent, send = [], service.send
+    service.send = lambda request, metadata: sent.append(send(request, metadata))
+
+    def operate(round_id):
+        request = client_pb.OperateRequest(
+            type=client_pb.OP_TYPE_TRAIN, model=wrap(Dispatch(dict(STATE), {"round": round_id}), "ab" * 32).to_bytes(),
+            data_index=0, config=client_pb.OperateConfig(task_id="run1", round_id=round_id))
+        assert service.Operate(request, None).status.code == common_pb.SC_OK
+        deadline = time.monotonic() + 30
+        while len(sent) <= round_id and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return time.monotonic()
+
+    try:
+        started = time.monotonic()
+        assert operate(0) - started < 20 and sent == [False]  # gave up after UPLOAD_TIMEOUT
+        operate(1)
+        assert sent == [False, False]  # the service still works requests off
+    finally:
+        silent.close()
 
 
 def test_federation_never_imports_the_transport():
