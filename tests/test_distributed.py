@@ -169,7 +169,7 @@ def never_complete(tmp_path):
 ])
 def test_the_launcher_ends_the_run_when_a_rank_fails(tmp_path, processes, fault, expected):
     script, arguments, env = faulty(tmp_path, fault)
-    processes.env.update(env)
+    processes.env.update(env, TMPDIR=str(tmp_path))  # the rank logs the failed run keeps
     launcher = processes.start("launcher", [*arguments, "--nproc", "2"], script=script)
     launcher.wait(timeout=TIMEOUT)
     log = processes.log("launcher")
