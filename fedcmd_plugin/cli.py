@@ -4,8 +4,6 @@ Bad input ends with a one-line `error: ...` on stderr and exit status 2, never a
 """
 import argparse
 import os
-import socket
-import subprocess
 import sys
 
 from fedcmd_plugin.errors import PluginError
@@ -43,11 +41,16 @@ def run_experiment(conf):
 
 def command_run(args):
     from fedcmd_plugin.config import config_arguments, load_config
+    from fedcmd_plugin.tracking.recorder import usable_root
 
     configs, overrides = config_arguments(args.items)
-    if args.nproc > 1:
-        return launch_distributed(args.nproc, configs, overrides)
     loaded = [load_config(path, overrides) for path in configs]  # check every file before the first run
+    for conf in loaded:
+        usable_root(conf.output.root)
+    if args.nproc > 1:
+        from fedcmd_plugin.launcher import launch
+
+        return launch(args.nproc, [*configs, *overrides])
     results = []
     for path, conf in zip(configs, loaded):
         result = run_experiment(conf)
@@ -88,37 +91,6 @@ def command_compare(args):
         series[run.folder.name] = ([m["round"] for m in rows], [m[metric] for m in rows])
     print(f"plot: {plots.curves(series, args.plot, 'accuracy per round', 'round', 'accuracy / mAP (%)')}")
     return 0
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def launch_distributed(nproc, configs, overrides):
-    """N local processes with torchrun-style variables (gloo on the CPU); each runs the same configs."""
-    env_base = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(nproc),
-                    LOCAL_WORLD_SIZE=str(nproc))
-    processes = []
-    for rank in range(nproc):
-        env = dict(env_base, RANK=str(rank), LOCAL_RANK=str(rank))
-        command = [sys.executable, "-m", "fedcmd_plugin", "run", *configs, *overrides]
-        processes.append(subprocess.Popen(command, env=env, stdout=None if rank == 0 else subprocess.DEVNULL))
-    status = 0
-    try:
-        for process in processes:
-            code = process.wait()
-            if code and not status:
-                status = code
-                for other in processes:
-                    if other.poll() is None:
-                        other.terminate()
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-    return status
 
 
 def command_sweep(args):

@@ -42,7 +42,8 @@ NULLABLE_TYPES = {
     "remote.tls.key": (str,),
 }
 # Keys that accept more than their default's type.
-EXTRA_TYPES = {"output.progress": (str, bool), "parallel.workers": (str, int)}
+EXTRA_TYPES = {"output.progress": (str, bool), "parallel.workers": (str, int),
+               "distributed.timeout_seconds": (float,)}
 CHOICES = {
     "data.split_type": ("iid", "dir", "class", "natural"),
     "data.emnist_split": ("byclass", "bymerge", "balanced", "letters", "digits", "mnist"),
@@ -67,7 +68,7 @@ POSITIVE = {
     "fedureid.temperature", "fedureid.embedding_dim",
     "fedureid.patience", "fedureid.target_clusters", "fedureid.synthetic.edges", "fedureid.synthetic.identities",
     "fedureid.synthetic.test_identities", "fedureid.synthetic.cameras", "fedureid.synthetic.images_per_camera",
-    "remote.max_message_mb", "remote.max_abs_value",
+    "remote.max_message_mb", "remote.max_abs_value", "distributed.timeout_seconds",
 }
 NON_NEGATIVE = {"client.finetune_epoch", "client.optimizer.lr", "client.optimizer.momentum",
                 "client.optimizer.weight_decay", "data.min_size", "gpu", "seed",
@@ -130,12 +131,19 @@ def defaults():
 def read_yaml(path, _seen=()):
     """A YAML config file as a dict, following `extends:` chains; errors name the file."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory: name a YAML file in it")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     if path.resolve() in _seen:
         raise ConfigError(f"config file {path}: `{EXTENDS_KEY}` forms a cycle")
     try:
         tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}: {exc.object[exc.start]:#04x}); "
+                          "save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""

@@ -115,10 +115,12 @@ def register(name):
     import easyfl
 
     from fedcmd_plugin.data.federated import ConfiguredData
+    from fedcmd_plugin.federation.distributed import route_easyfl_init
     from fedcmd_plugin.session import note_registered, route_easyfl_logging
 
     algorithm = get_algorithm(name)
     route_easyfl_logging()
+    route_easyfl_init()
     easyfl.register_server(algorithm.server)
     easyfl.register_client(algorithm.client)
     easyfl.register_model(ConfiguredModel)

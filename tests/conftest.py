@@ -4,12 +4,12 @@ Runs write their folders below `output.root` and derived data below `data.root`;
 tmp_path so the checkout stays clean.
 """
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from processes import Processes, run
 
 # The models under test are tiny: one intra-op thread is fastest, and on a busy 2-core machine several threads
 # spin against each other (tens of times slower). Runs get the same through `num_threads=1`, other
@@ -94,14 +94,23 @@ def cli_env(**extra):
 
 @pytest.fixture
 def run_cli(tmp_run_dir):
-    """run_cli(*args, timeout=...) -> CompletedProcess of `python -m fedcmd_plugin ARGS` in tmp_path."""
+    """run_cli(*args, timeout=...) -> CompletedProcess of `python -m fedcmd_plugin ARGS` in tmp_path (its process
+    group reaped, whatever happens)."""
 
-    def run(*args, timeout=300, env=None):
-        return subprocess.run([sys.executable, "-m", "fedcmd_plugin", *map(str, args)], cwd=tmp_run_dir.path,
-                              env=env or cli_env(), capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+    def run_command(*args, timeout=300, env=None):
+        return run([sys.executable, "-m", "fedcmd_plugin", *args], timeout, cwd=tmp_run_dir.path, env=env or cli_env())
 
-    return run
+    return run_command
+
+
+@pytest.fixture
+def processes(tmp_path):
+    """Processes started during the test (logs in tmp_path), reaped when it ends, whatever the outcome."""
+    started = Processes(tmp_path, THREAD_ENV)
+    try:
+        yield started
+    finally:
+        started.stop()
 
 
 @pytest.fixture

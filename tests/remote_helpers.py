@@ -1,19 +1,14 @@
 """Remote-mode test helpers: services as real processes on free 127.0.0.1 ports, and what their run folders hold.
 
-Every process runs in its own process group and is killed by `Processes.stop()` (the fixtures call it in a
-`finally`, whatever the outcome); every wait has a deadline.
+The processes are `processes.Processes` with the roles' tokens in their environment (`services(folder)`): each
+runs in its own process group, and the fixtures reap them in a `finally`, whatever the outcome.
 """
 import csv
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import pytest
+from processes import Processes, free_port, run
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "fedavg_digits.yaml"
@@ -30,70 +25,9 @@ RUN = ["data.num_of_clients=2", "server.clients_per_round=2", "server.rounds=2",
        "remote.bind=127.0.0.1", "num_threads=1"]  # one torch thread: the processes share the cores
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def listening(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
-class Processes:
-    """Services started in their own process groups, with logs in `folder` and the tokens in their environment;
-    `stop()` kills them all."""
-
-    def __init__(self, folder):
-        self.folder = Path(folder)
-        self.procs = {}
-        self.env = {**os.environ, **TOKENS}
-
-    def start(self, name, args, script=None):
-        log = open(self.folder / f"{name}.log", "w")
-        command = [sys.executable, str(script)] if script else [sys.executable, "-m", "fedcmd_plugin"]
-        proc = subprocess.Popen([*command, *map(str, args)], cwd=self.folder, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, env=self.env)
-        log.close()
-        self.procs[name] = proc
-        return proc
-
-    def log(self, name):
-        return (self.folder / f"{name}.log").read_text(errors="replace")
-
-    def wait_listening(self, name, port, timeout=START_TIMEOUT):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.procs[name].poll() is not None:
-                pytest.fail(f"{name} exited with {self.procs[name].returncode} before listening:\n{self.log(name)}")
-            if listening(port):
-                return
-            time.sleep(0.5)
-        pytest.fail(f"{name} did not listen on {port} within {timeout} s:\n{self.log(name)}")
-
-    def stop(self):
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + 10
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # also anything the service may have spawned
-            except (ProcessLookupError, PermissionError):
-                pass
-            if proc.poll() is None:
-                proc.wait(timeout=10)
+def services(folder):
+    """Processes whose logs go to `folder`, with the tokens in their environment."""
+    return Processes(folder, TOKENS)
 
 
 class Cluster:
@@ -107,7 +41,7 @@ class Cluster:
         self.overrides = [*RUN, f"output.root={self.folder / 'runs'}", f"data.root={self.folder / 'data'}",
                           f"remote.server_address={self.address}",
                           "remote.client_addresses=[" + ",".join(self.client_addresses) + "]", *extra]
-        self.processes = Processes(self.folder)
+        self.processes = services(self.folder)
         self.client_scripts = client_scripts or {}
         self.roles = roles or {}
 
@@ -122,9 +56,9 @@ class Cluster:
             self.processes.start(f"client{index}", ["remote", "client", CONFIG, "--index", index, *self.overrides,
                                                     *self.roles.get("client", ()), f"remote.client_port={port}"],
                                  script=self.client_scripts.get(index))
-        self.processes.wait_listening("server", self.server_port)
+        self.processes.wait_listening("server", self.server_port, START_TIMEOUT)
         for index, port in enumerate(self.client_ports):
-            self.processes.wait_listening(f"client{index}", port)
+            self.processes.wait_listening(f"client{index}", port, START_TIMEOUT)
         return self
 
     def trigger_command(self, timeout=RUN_TIMEOUT):
@@ -132,9 +66,8 @@ class Cluster:
 
     def trigger(self, timeout=RUN_TIMEOUT):
         """Run the trigger to its end: the CompletedProcess."""
-        return subprocess.run([sys.executable, "-m", "fedcmd_plugin", *map(str, self.trigger_command(timeout))],
-                              cwd=self.folder, capture_output=True, text=True, timeout=timeout + 60,
-                              stdin=subprocess.DEVNULL, env=self.processes.env)
+        return run([sys.executable, "-m", "fedcmd_plugin", *self.trigger_command(timeout)], timeout + 60,
+                   cwd=self.folder, env=self.processes.env)
 
     def run_folders(self):
         root = self.folder / "runs"

@@ -1,6 +1,9 @@
 """`python -m fedcmd_plugin`: a complete run folder from a YAML file plus overrides, and one-line errors."""
 import csv
 import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -122,3 +125,39 @@ def test_run_applies_an_override_given_after_the_process_option(tmp_run_dir):
                  "output.progress=false", *tmp_run_dir]) == 0
     (folder,) = tmp_run_dir.run_folders()
     assert [m["round"] for m in json.loads((folder / "metrics.json").read_text())] == [1]
+
+
+def assert_one_line_error_in_process(capsys, argv, *fragments):
+    """`main(argv)` in this process ends as `assert_one_line_error` expects."""
+    from fedcmd_plugin.cli import main
+
+    code = main([str(item) for item in argv])
+    captured = capsys.readouterr()
+    assert_one_line_error(SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err), *fragments)
+
+
+def test_a_config_path_that_is_a_directory_or_not_utf8(tmp_run_dir, capsys):
+    assert_one_line_error_in_process(capsys, ["run", CONFIGS], str(CONFIGS), "is a directory")
+    latin1 = tmp_run_dir.path / "latin1.yaml"
+    latin1.write_bytes("extends: fedavg_digits.yaml\noutput:\n  name: r\xe9sum\xe9\n".encode("latin-1"))
+    assert_one_line_error_in_process(capsys, ["run", latin1], "latin1.yaml", "not UTF-8")
+
+
+def read_only_root(tmp_path):
+    """(a folder this process cannot write below, what the error says): a read-only mode, or (as root, whom
+    modes do not stop) a path inside sysfs, which refuses new folders."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir(mode=0o555)
+        return folder, "not writable"
+    return Path("/sys/fedcmd-plugin-test-runs"), "cannot be created"
+
+
+def test_an_output_root_that_is_a_file_or_read_only(tmp_run_dir, capsys):
+    afile = tmp_run_dir.path / "taken"
+    afile.write_text("not a folder")
+    for root, expected in ((afile, "not a directory"), (afile / "below", "cannot be created"),
+                           read_only_root(tmp_run_dir.path)):
+        assert_one_line_error_in_process(capsys, ["run", CONFIGS / "fedavg_digits.yaml", f"output.root={root}",
+                                                  f"data.root={tmp_run_dir.data_root}"], "'output.root'", str(root),
+                                         expected)

@@ -80,6 +80,7 @@ def test_overrides_win_over_the_file():
 
 def test_integer_accepted_where_a_number_is_expected():
     assert load_config(None, ["client.optimizer.lr=1"]).client.optimizer.lr == 1
+    assert load_config(None, ["distributed.timeout_seconds=2.5"]).distributed.timeout_seconds == 2.5
 
 
 @pytest.mark.parametrize("override,unknown,close", [
@@ -110,6 +111,7 @@ def test_unknown_key_without_close_match_lists_the_keys():
     ("output.save_model=3", "output.save_model", "true/false"),
     ("data=5", "data", "mapping"),
     ("server.rounds=null", "server.rounds", "null"),
+    ("distributed.timeout_seconds=soon", "distributed.timeout_seconds", "a number"),
 ])
 def test_wrong_type_names_key_and_expectation(override, key, expected):
     with pytest.raises(ConfigError) as caught:
@@ -127,6 +129,7 @@ def test_wrong_type_names_key_and_expectation(override, key, expected):
     ("client.straggler_ratio=2", "client.straggler_ratio", "[0, 1]"),
     ("data.split_type=random", "data.split_type", "iid, dir, class"),
     ("client.optimizer.type=RMSprop", "client.optimizer.type", "SGD, Adam"),
+    ("distributed.timeout_seconds=0", "distributed.timeout_seconds", "> 0"),
 ])
 def test_out_of_range_values_name_key_and_range(override, key, expected):
     with pytest.raises(ConfigError) as caught:
@@ -155,6 +158,12 @@ def test_config_must_be_a_mapping(tmp_path):
         load_config(write(tmp_path / "list.yaml", "- 1\n- 2\n"))
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "absent.yaml")
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path)
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("output:\n  name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.yaml is not UTF-8 text \(byte 19: 0xe9\)"):
+        load_config(latin1)
     with pytest.raises(ConfigError):
         load_config(42)
 

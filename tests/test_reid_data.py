@@ -1,5 +1,7 @@
 """ReID data: synthetic generator, both layout readers, tolerant image loading, clear errors."""
 import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -70,6 +72,28 @@ def test_interrupted_generation_leaves_no_complete_looking_edge(tmp_path, monkey
     generate_synthetic(tmp_path, **SMALL)
     assert len(Market1501Layout(tmp_path / "edge_1").read().train) == 12
     assert not (tmp_path / ".edge_1.partial").exists()
+
+
+def test_concurrent_generators_write_each_edge_once(tmp_path, monkeypatch):
+    """Two generators on one root at once (as the ranks of a distributed run): they take turns, so each edge is
+    written once and both get the same, complete edges."""
+    written, write_edge = [], reid._write_edge
+
+    def recording(folder, info):
+        written.append(info["edge"])
+        write_edge(folder, info)
+
+    monkeypatch.setattr(reid, "_write_edge", recording)
+    start = threading.Barrier(2)
+
+    def generate(_):
+        start.wait()
+        return generate_synthetic(tmp_path, **SMALL)
+
+    with ThreadPoolExecutor(2) as pool:
+        first, second = pool.map(generate, range(2))
+    assert first == second and sorted(written) == [0, 1]
+    assert all(len(Market1501Layout(edge).read().train) == 12 for edge in first)
 
 
 @pytest.fixture

@@ -2,15 +2,25 @@
 docker-compose.yml (`fedcmd-plugin remote server|client|trigger`), plus in-process checks of the wire rules.
 
 Every process runs in its own process group and is killed when its fixture ends, whatever the outcome;
-every wait has a deadline (tests/remote_helpers.py).
+every wait has a deadline (tests/processes.py).
 """
 import pickle
-import subprocess
+import socket
 import sys
+import threading
+import time
+from types import SimpleNamespace
 
 import pytest
-from remote_helpers import (CONFIG, OPERATOR, REPO, RUN, RUN_TIMEOUT, Cluster, Processes, Trap, assert_complete,
-                            client_rows, free_port, read_json)
+import torch
+from easyfl.pb import client_service_pb2 as client_pb
+from easyfl.pb import client_service_pb2_grpc as client_grpc
+from easyfl.pb import common_pb2 as common_pb
+from processes import free_port, run
+from remote_helpers import (CONFIG, OPERATOR, REPO, RUN, RUN_TIMEOUT, START_TIMEOUT, Cluster, Trap, assert_complete,
+                            client_rows, read_json, services)
+
+from fedcmd_plugin.federation.messages import Upload
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +48,8 @@ def test_loopback_run_matches_standalone(cluster, tmp_path):
 
 def assert_matches_standalone(remote, tmp_path, extra=()):
     """The same config in standalone mode gives the remote run's per-client results, round by round."""
-    standalone = subprocess.run([sys.executable, "-m", "fedcmd_plugin", "run", CONFIG, *RUN, *extra,
-                                 f"output.root={tmp_path / 'runs'}", f"data.root={tmp_path / 'data'}"],
-                                cwd=tmp_path, capture_output=True, text=True, timeout=RUN_TIMEOUT,
-                                stdin=subprocess.DEVNULL)
+    standalone = run([sys.executable, "-m", "fedcmd_plugin", "run", CONFIG, *RUN, *extra,
+                      f"output.root={tmp_path / 'runs'}", f"data.root={tmp_path / 'data'}"], RUN_TIMEOUT, cwd=tmp_path)
     assert standalone.returncode == 0, standalone.stderr
     (local,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
     remote_rows, local_rows = client_rows(remote), client_rows(local)
@@ -141,6 +149,10 @@ def test_client_dying_mid_round_is_left_out(tmp_path):
         assert metrics[1]["round_seconds"] >= 15  # waited server.round_timeout for the silent client
         rows = client_rows(folder)
         assert [r["cid"] for r in rows if r["round"] == "3"] == ["c000"]
+        summary = read_json(folder / "summary.json")  # the headline covers c000 only, and says so
+        assert (summary["final"]["evaluated_clients"], summary["final"]["expected_clients"]) == (1, 2)
+        assert summary["final"]["missing_eval_clients"] == ["c001"] and summary["missing_clients"] == {"c001": [2, 3]}
+        assert "[over 1 of 2 clients, missing c001]" in result.stdout
         server_log = cluster.processes.log("server")
         assert "round 2: client c001" in server_log and "no answer within server.round_timeout=15 s" in server_log
     finally:
@@ -151,15 +163,14 @@ def test_client_dying_mid_round_is_left_out(tmp_path):
 def test_trigger_fails_with_one_line_when_no_client_answers(tmp_path):
     """A server without reachable clients: the trigger ends non-zero with the server's reason."""
     port, dead = free_port(), free_port()
-    processes = Processes(tmp_path)
+    processes = services(tmp_path)
     overrides = [*RUN, f"output.root={tmp_path / 'runs'}", f"data.root={tmp_path / 'data'}",
                  f"remote.server_address=127.0.0.1:{port}", f"remote.client_addresses=[127.0.0.1:{dead}]"]
     try:
         processes.start("server", ["remote", "server", CONFIG, *overrides, f"remote.server_port={port}"])
-        processes.wait_listening("server", port)
-        result = subprocess.run([sys.executable, "-m", "fedcmd_plugin", "remote", "trigger", CONFIG, *overrides,
-                                 "--timeout", "120"], cwd=tmp_path, env=processes.env,
-                                capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+        processes.wait_listening("server", port, START_TIMEOUT)
+        result = run([sys.executable, "-m", "fedcmd_plugin", "remote", "trigger", CONFIG, *overrides, "--timeout", "120"],
+                      180, cwd=tmp_path, env=processes.env)
     finally:
         processes.stop()
     assert result.returncode != 0
@@ -167,6 +178,32 @@ def test_trigger_fails_with_one_line_when_no_client_answers(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: run ") and "no client answered" in lines[0], result.stderr
     (folder,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
     assert read_json(folder / "status.json")["state"] == "failed"
+
+
+def test_stop_ends_the_run_and_its_folder_says_stopped(cluster):
+    """Stop right after Run: the run ends after the round in progress (or before the first), and neither the
+    server's status nor the run folder calls it complete."""
+    from easyfl.pb import common_pb2, server_service_pb2, server_service_pb2_grpc
+
+    from fedcmd_plugin.remote.transport import Transport
+    from fedcmd_plugin.remote.trigger import wait_for_run
+
+    before = set(cluster.run_folders())
+    chan = Transport(4 * 1024 * 1024).channel(cluster.address)
+    try:
+        stub = server_service_pb2_grpc.ServerServiceStub(chan)
+        started = stub.Run(server_service_pb2.RunRequest(), timeout=60, metadata=OPERATOR)
+        assert started.status.code == common_pb2.SC_OK, started.status.message
+        stopped = stub.Stop(server_service_pb2.StopRequest(), timeout=60, metadata=OPERATOR)
+        assert stopped.status.code == common_pb2.SC_OK, stopped.status.message
+        final = wait_for_run(chan, cluster.address, OPERATOR, started.status.message.split()[1], timeout=RUN_TIMEOUT)
+    finally:
+        chan.close()
+    (folder,) = set(cluster.run_folders()) - before
+    status, summary = read_json(folder / "status.json"), read_json(folder / "summary.json")
+    assert final["state"] == status["state"] == "stopped"
+    assert final["round"] == status["round"] == summary["rounds_run"] < summary["rounds"] == status["rounds"] == 2
+    assert status["reason"] == "a Stop request from the operator"
 
 
 # ------------------------------------------------------------------------------------------------- small pieces
@@ -231,6 +268,112 @@ def test_envelope_round_trip():
             unwrap(bad)
 
 
+
+
+# ------------------------------------------------------------------------------------- peers that disappear
+STATE = {"w": torch.ones(2, 3), "b": torch.zeros(3)}
+SIZES = {"c000": {"train": 40, "test": 30}, "c001": {"train": 50, "test": 20}}
+LIMIT = 1024 * 1024
+
+
+def accepted():
+    return client_pb.OperateResponse(status=common_pb.Status(code=common_pb.SC_OK))
+
+
+class Vanishing(client_grpc.ClientServiceServicer):
+    """Accepts the round's request, then is never heard of again."""
+
+    def Operate(self, request, context):
+        return accepted()
+
+
+class Answering(client_grpc.ClientServiceServicer):
+    """Accepts the request and soon delivers its upload to the round (as the server's Upload would)."""
+
+    def __init__(self, router, cid):
+        self.router, self.cid = router, cid
+
+    def Operate(self, request, context):
+        key = (request.config.task_id, request.config.round_id, "train")
+        upload = Upload(self.cid, SIZES[self.cid]["train"], {k: v.clone() for k, v in STATE.items()})
+        threading.Timer(0.2, self.router.deliver, (key, self.cid), {"value": upload}).start()
+        return accepted()
+
+
+def test_a_round_goes_on_without_a_client_that_vanished_mid_round():
+    """One client accepts and vanishes, another cannot be reached at all, a third answers: after
+    server.round_timeout the round goes on with the answer it has, naming the missing clients."""
+    from fedcmd_plugin import load_config
+    from fedcmd_plugin.federation.messages import Dispatch
+    from fedcmd_plugin.remote import auth, validation
+    from fedcmd_plugin.remote.fleet import RemoteFleet
+    from fedcmd_plugin.remote.router import UploadRouter
+    from fedcmd_plugin.remote.transport import Transport
+    from fedcmd_plugin.remote.wire import Endpoint
+
+    sizes = {**SIZES, "c002": SIZES["c000"]}
+    router, transport, servers, notes = UploadRouter(), Transport(LIMIT), [], {}
+    ports = {}
+    for cid, servicer in (("c000", Vanishing()), ("c001", Answering(router, "c001"))):
+        ports[cid] = free_port()
+        server = transport.server("127.0.0.1", ports[cid], 2)
+        client_grpc.add_ClientServiceServicer_to_server(servicer, server)
+        server.start()
+        servers.append(server)
+    ports["c002"] = free_port()  # nothing listens there
+    endpoints = [Endpoint(cid, f"127.0.0.1:{port}", i) for i, (cid, port) in enumerate(sorted(ports.items()))]
+    conf = load_config(None, ["server.round_timeout=1", "data.num_of_clients=3"])
+    fleet = RemoteFleet(conf, endpoints, transport, "server-token", router, auth.Tickets("run1"),
+                        validation.Policy(STATE, sizes, "classification", 0, 1e6), dict(STATE),
+                        note=lambda round_index, values: notes.update(values))
+    try:
+        started = time.monotonic()
+        uploads = fleet.train({cid: Dispatch(dict(STATE), {"round": 0, "personal_keys": []}) for cid in ports})
+        waited = time.monotonic() - started
+    finally:
+        fleet.close()
+        for server in servers:
+            server.stop(0).wait(5)
+    assert [u.cid for u in uploads] == ["c001"]
+    assert notes["missing_clients"] == ["c000", "c002"]
+    assert 1 <= waited < 30  # the round's deadline, not forever
+
+
+def test_a_client_whose_server_vanished_gives_up_its_upload_and_serves_on(monkeypatch):
+    """The server accepts the connection and never answers: the upload ends at its deadline, and the next
+    request is worked off as usual."""
+    from fedcmd_plugin.federation.messages import Dispatch
+    from fedcmd_plugin.remote import client as client_module
+    from fedcmd_plugin.remote.transport import Transport
+    from fedcmd_plugin.remote.wire import wrap
+
+    monkeypatch.setattr(client_module, "UPLOAD_TIMEOUT", 0.5)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    trainer = SimpleNamespace(run_round=lambda dispatch: Upload("c000", 40, dict(dispatch.state)))
+    service = client_module.ClientService(lambda cid, state: trainer, {}, {0: "c000"},
+                                          f"127.0.0.1:{silent.getsockname()[1]}", Transport(LIMIT))
+    sent, send = [], service.send
+    service.send = lambda request, metadata: sent.append(send(request, metadata))
+
+    def operate(round_id):
+        request = client_pb.OperateRequest(
+            type=client_pb.OP_TYPE_TRAIN, model=wrap(Dispatch(dict(STATE), {"round": round_id}), "ab" * 32).to_bytes(),
+            data_index=0, config=client_pb.OperateConfig(task_id="run1", round_id=round_id))
+        assert service.Operate(request, None).status.code == common_pb.SC_OK
+        deadline = time.monotonic() + 30
+        while len(sent) <= round_id and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return time.monotonic()
+
+    try:
+        started = time.monotonic()
+        assert operate(0) - started < 20 and sent == [False]  # gave up after UPLOAD_TIMEOUT
+        operate(1)
+        assert sent == [False, False]  # the service still works requests off
+    finally:
+        silent.close()
 
 
 def test_federation_never_imports_the_transport():

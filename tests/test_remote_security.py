@@ -17,8 +17,8 @@ from easyfl.pb import client_service_pb2_grpc as client_grpc
 from easyfl.pb import common_pb2 as common_pb
 from easyfl.pb import server_service_pb2 as server_pb
 from easyfl.pb import server_service_pb2_grpc as server_grpc
-from remote_helpers import (OPERATOR, RUN_TIMEOUT, TOKENS, Cluster, Trap, assert_complete, client_rows,
-                            free_port, read_json)
+from processes import free_port
+from remote_helpers import OPERATOR, RUN_TIMEOUT, TOKENS, Cluster, Trap, assert_complete, client_rows, read_json
 
 from fedcmd_plugin import ConfigError, load_config
 from fedcmd_plugin.federation.messages import Dispatch, Upload

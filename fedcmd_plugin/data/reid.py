@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -20,6 +21,7 @@ from PIL import Image, ImageFilter
 from fedcmd_plugin.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+GENERATOR_LOCK = ".generating.lock"  # in a synthetic root: held while edges are written
 JUNK_PID = -1
 DISTRACTOR_PID = 0
 
@@ -157,7 +159,8 @@ def generate_synthetic(root, edges=4, identities=30, test_identities=20, cameras
     light, colour cast, blur and background, plus an edge-wide style; the gallery also holds `distractors`
     (pid 0) and `junk` (pid -1) images. Same arguments, same bytes. An edge is written to a temporary folder
     and renamed when complete; an existing edge with the same arguments is reused, one with other arguments
-    is replaced only with `overwrite`.
+    is replaced only with `overwrite`. Processes generating into one root (the ranks of a distributed run) take
+    turns, so each edge is written once and never removed under another process.
     """
     per_edge = _per_edge_identities(identities, edges)
     for name, value, low in (("test_identities", test_identities, 1), ("cameras", cameras, 2),
@@ -173,26 +176,40 @@ def generate_synthetic(root, edges=4, identities=30, test_identities=20, cameras
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     paths = []
-    for edge in range(edges):
-        info = {"version": SYNTHETIC_VERSION, "edge": edge, "identities": per_edge[edge],
-                "test_identities": test_identities, "cameras": cameras, "images_per_camera": images_per_camera,
-                "distractors": distractors, "junk": junk, "image_size": [height, width], "seed": seed}
-        final = root / f"edge_{edge}"
-        paths.append(final)
-        if final.exists():
-            if _read_info(final) == info:
-                continue
-            if not overwrite:
-                raise DataError(f"synthetic data folder {final} exists with other settings; use another root or "
-                                f"overwrite=True")
-        partial = root / f".edge_{edge}.partial"
-        shutil.rmtree(partial, ignore_errors=True)  # left over from an interrupted run
-        _write_edge(partial, info)
-        (partial / SYNTHETIC_INFO).write_text(json.dumps(info, indent=1))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(partial, final)
+    with exclusive(root / GENERATOR_LOCK):
+        for edge in range(edges):
+            info = {"version": SYNTHETIC_VERSION, "edge": edge, "identities": per_edge[edge],
+                    "test_identities": test_identities, "cameras": cameras, "images_per_camera": images_per_camera,
+                    "distractors": distractors, "junk": junk, "image_size": [height, width], "seed": seed}
+            final = root / f"edge_{edge}"
+            paths.append(final)
+            if final.exists():
+                if _read_info(final) == info:
+                    continue
+                if not overwrite:
+                    raise DataError(f"synthetic data folder {final} exists with other settings; use another root "
+                                    "or overwrite=True")
+            partial = root / f".edge_{edge}.partial"
+            shutil.rmtree(partial, ignore_errors=True)  # left over from an interrupted run
+            _write_edge(partial, info)
+            (partial / SYNTHETIC_INFO).write_text(json.dumps(info, indent=1))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(partial, final)
     return paths
+
+
+@contextmanager
+def exclusive(path):
+    """An exclusive lock on file `path` (created when missing) while the block runs; other processes wait."""
+    import fcntl
+
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _per_edge_identities(identities, edges):

@@ -2,14 +2,48 @@
 
 Only bytes from the safe codec or JSON cross ranks, so the same aggregation code runs on identical inputs on
 every rank (per-client aggregates, vote tallies, EMA), whichever rank trained which client.
+
+Every collective has a deadline (`distributed.timeout_seconds`): a rank that waits longer for the others, because
+one of them died or hangs, fails instead of waiting forever.
 """
 import json
+import os
 import struct
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 from fedcmd_plugin.federation.messages import Upload
+
+# nccl enforces the deadline with its watchdog only while asynchronous error handling is on: a collective that
+# times out then ends the process (torchrun sets the same default; a value in the environment wins).
+BACKEND_ENVIRONMENT = {"nccl": {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}}
+
+
+def init_process_group(backend, init_method, world_size, rank, timeout_seconds):
+    """Join the run's process group; the rendezvous and every collective give up after `timeout_seconds` (gloo
+    raises in the waiting call, nccl's watchdog ends the process)."""
+    for name, value in BACKEND_ENVIRONMENT.get(backend, {}).items():
+        os.environ.setdefault(name, value)
+    dist.init_process_group(backend, init_method=init_method, world_size=world_size, rank=rank,
+                            timeout=timedelta(seconds=timeout_seconds))
+
+
+def init_configured_group(backend, init_method, world_size, rank, local_rank):
+    """Stands in for EasyFL's `dist_init` (same arguments and result), which sets no deadline: the running
+    config's `distributed.timeout_seconds` applies."""
+    from fedcmd_plugin.session import prepared_config
+
+    init_process_group(backend, init_method, world_size, rank, prepared_config().distributed.timeout_seconds)
+    return rank, world_size
+
+
+def route_easyfl_init():
+    """`easyfl.run()` joins the process group through `init_configured_group`."""
+    import easyfl.coordinator
+
+    easyfl.coordinator.dist_init = init_configured_group
 
 
 def is_active():

@@ -34,6 +34,7 @@ class FederatedServer(BaseServer):
     has_global_model = True  # False for algorithms where every client ends with its own model only
     personal_models = False  # True where clients test a model of their own beside the global one (Ditto, APFL)
     fleet = None  # a Fleet handed over before `start` (remote mode); None: the clients are local objects
+    stop_reason = None  # why `stop` was called; the run then ends after the current round
 
     # ----- life cycle -------------------------------------------------------------------------------------
     def start(self, model, clients):
@@ -98,8 +99,25 @@ class FederatedServer(BaseServer):
         self.log.info(data.summary)
         return {"partition": data.client_rows, "summary": data.summary, "data": asdict(data.info)}
 
+    def stop(self, reason="stop requested"):
+        """End the run after the current round (before the first one when it has not started): its folder then
+        says `stopped` with the rounds that ran, unless that was the last configured round anyway."""
+        self.stop_reason = reason
+        super().stop()
+
+    def should_stop(self):
+        # EasyFL's own flag is reset when `start` begins: a stop requested before that would be lost.
+        return self.stop_reason is not None or super().should_stop()
+
+    def rounds_run(self):
+        return self._current_round + 1
+
     def finish(self):
-        self.recorder.finish(self.model_states(), self.last_evaluation)
+        rounds_run = self.rounds_run()
+        if rounds_run < self.conf.server.rounds:
+            self.recorder.stop(rounds_run, self.stop_reason or "ended early", self.model_states())
+        else:
+            self.recorder.finish(self.model_states())
 
     def model_states(self):
         """Checkpoints: the global model (when the algorithm has one) and every client's personalised state."""
@@ -272,6 +290,11 @@ class FederatedServer(BaseServer):
             results += self.evaluate_clients(mine[start:start + EVALUATION_CHUNK], splits)
         results = sorted(distributed.gather_json(results), key=lambda r: r["cid"])
         summary = self.summarise_evaluation(results)
+        answered = {r["cid"] for r in results}
+        summary["expected_clients"] = len(chosen)
+        missing = [cid for cid in chosen if cid not in answered]  # e.g. a remote client that did not answer
+        if missing:
+            summary["missing_eval_clients"] = missing
         population = len(self.client_order if self.conf.evaluation.all_clients else self.selected_clients)
         if len(chosen) < population and summary.get("accuracy") is not None:
             rows = [r for r in results if r.get("test_total")]

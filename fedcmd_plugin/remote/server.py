@@ -20,7 +20,8 @@
   (`validation`) and handed to the round waiting for it (`router.UploadRouter`). SC_INVALID_REQUEST for
   content that does not decode or fails the checks (the round records it under `rejected_uploads`),
   SC_NOT_FOUND when no round waits for it any more.
-* `Stop()`: the run ends after the current round (state "stopped").
+* `Stop()`: the run ends after the current round (state "stopped", in the run folder too, with the rounds
+  that ran; "complete" when that was the last round anyway).
 """
 import threading
 import time
@@ -181,7 +182,7 @@ class ServerService(server_grpc.ServerServiceServicer):
         outcome = {"state": "complete", "error": None}
         try:
             server.start(model, endpoints)
-            if getattr(server, "_should_stop", False):
+            if server.rounds_run() < int(self.conf.server.rounds):
                 outcome["state"] = "stopped"
         except BaseException as exc:  # the run's status says why; the service stays up for the next run
             outcome = {"state": "failed", "error": one_line(exc)}
@@ -191,7 +192,7 @@ class ServerService(server_grpc.ServerServiceServicer):
         recorder = getattr(server, "recorder", None)
         evaluation = getattr(server, "last_evaluation", None) or {}
         with self.lock:
-            self.state.update(outcome, finished=time.time(),
+            self.state.update(outcome, finished=time.time(), round=server.rounds_run(),
                               folder=str(recorder.folder) if recorder is not None and recorder.folder else None,
                               summary=evaluation.get("summary"))
         self.log.info(f"run {run_id} {outcome['state']}")
@@ -211,7 +212,7 @@ class ServerService(server_grpc.ServerServiceServicer):
         with self.lock:
             if not self.running():
                 return server_pb.StopResponse(status=pb_status(common_pb.SC_NOT_FOUND, "no run in progress"))
-            self.server.stop()
+            self.server.stop("a Stop request from the operator")
             self.state["stop_requested"] = True
         return server_pb.StopResponse(status=pb_status(common_pb.SC_OK, "the run stops after the current round"))
 

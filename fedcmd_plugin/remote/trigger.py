@@ -16,6 +16,7 @@ from fedcmd_plugin.remote.auth import bearer, read_token
 from fedcmd_plugin.remote.transport import transport_for
 from fedcmd_plugin.remote.wire import STATUS_METHOD, RemoteError, from_json_object, rpc_error_text, to_json, wait_ready
 from fedcmd_plugin.session import logger
+from fedcmd_plugin.tracking.recorder import coverage
 
 FINISHED = ("complete", "stopped", "failed")
 
@@ -100,6 +101,8 @@ def trigger(conf, timeout=None, connect_timeout=120.0, poll=1.0):
         chan.close()
     summary = final.get("summary") or {}
     headline = f", personalised accuracy {summary['accuracy']:.2f}%" if "accuracy" in summary else ""
-    log.info(f"run {final.get('run_id')} {final.get('state')}{headline}; run folder (on the server): "
+    headline += coverage(summary)
+    reached = f" after {final.get('round')} of {final.get('rounds')} rounds" if final.get("state") == "stopped" else ""
+    log.info(f"run {final.get('run_id')} {final.get('state')}{reached}{headline}; run folder (on the server): "
              f"{final.get('folder')}")
     return final

@@ -1,9 +1,16 @@
-"""The run folder of one experiment; only the primary process (rank 0) writes."""
+"""The run folder of one experiment; only the primary process (rank 0) writes.
+
+status.json says `running`, then `complete` (every configured round ran), `stopped` (ended early on request, with
+the round reached) or `failed` (with the error).
+"""
+import itertools
+import os
 import time
 import traceback
 from pathlib import Path
 
 from fedcmd_plugin.config import to_yaml
+from fedcmd_plugin.errors import ConfigError
 from fedcmd_plugin.session import logger
 from fedcmd_plugin.tracking import files, plots
 
@@ -15,15 +22,51 @@ def last_run():
     return dict(_last_run)
 
 
+def usable_root(root):
+    """`root` (output.root) as a Path, created when missing; ConfigError naming the key when no run folder can
+    be made below it (not a directory, read-only, not creatable)."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"config key 'output.root' is {root}, which is not a directory: name a folder for the "
+                          "run folders")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"config key 'output.root' is {root}, which cannot be created ({exc.strerror or exc})") \
+            from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise ConfigError(f"config key 'output.root' is {root}, which is not writable: name a folder you can write")
+    return root
+
+
 def unique_folder(root, name):
+    """A new folder <name>-<time>[-N] below `root`. mkdir itself decides which name is free, so runs starting in
+    the same second never race for one (the later takes the next suffix)."""
+    root = usable_root(root)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    folder = Path(root) / f"{name}-{stamp}"
-    suffix = 1
-    while folder.exists():
-        suffix += 1
-        folder = Path(root) / f"{name}-{stamp}-{suffix}"
-    folder.mkdir(parents=True)
-    return folder
+    for suffix in itertools.count(1):
+        folder = root / (f"{name}-{stamp}" if suffix == 1 else f"{name}-{stamp}-{suffix}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise ConfigError(f"config key 'output.root' is {root}: cannot create a run folder there "
+                              f"({exc.strerror or exc})") from None
+
+
+def coverage(summary):
+    """'' when an evaluation covers every client it asked, else ' [over K of N clients, missing ...]' to follow
+    its headline: an accuracy over fewer clients is another number, not the same one."""
+    expected, evaluated = summary.get("expected_clients"), summary.get("evaluated_clients", 0)
+    missing = summary.get("missing_eval_clients") or []
+    if expected is None or (evaluated == expected and not missing):
+        return ""
+    text = f"over {evaluated} of {expected} clients"
+    if missing:
+        text += f", missing {', '.join(missing[:5])}" + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    return f" [{text}]"
 
 
 class Recorder:
@@ -36,6 +79,7 @@ class Recorder:
         self.writer = None
         self.notes = {}  # algorithm facts for summary.json (e.g. FedCMD's chosen layer)
         self.data_info = None  # the data's shape, which rebuilds the model from checkpoints (load_run)
+        self.last_evaluation = None  # {"round", "summary", "clients"} of the latest evaluation
         self.started = time.time()
         self.log = logger()
 
@@ -65,29 +109,44 @@ class Recorder:
             for name, state in states.items():
                 files.save_torch(self.folder / "checkpoints" / subfolder / f"{name}.pt", state)
 
-    def finish(self, states, last_evaluation):
+    def finish(self, states):
+        """Every configured round ran: the final models (`states`), metrics, plots, summary and status `complete`."""
+        self.close(states, self.conf.server.rounds, {"state": "complete"})
+
+    def stop(self, rounds_run, reason, states=None):
+        """The run ends early on request (Stop, SIGTERM, SIGINT) after `rounds_run` rounds: what it has (the models
+        in `states`, metrics, plots, summary) and status `stopped` with the round reached and why."""
+        self.close(states or {}, rounds_run, {"state": "stopped", "round": rounds_run, "reason": reason})
+
+    def close(self, states, rounds_run, status):
+        """The last writes of `finish` and `stop`; status.json comes last, so it never announces missing files."""
         if not self.primary:
             return
         conf = self.conf
         self.save_checkpoints(states)
         self.write_metrics()
-        final = last_evaluation["summary"] if last_evaluation else {}
+        last = self.last_evaluation
+        final = last["summary"] if last else {}
         if conf.output.save_fig:
             title = f"{conf.algorithm} on {conf.data.dataset}"
             plots.accuracy_per_round(self.metric_rows(), self.plot_path("accuracy"), title, conf.test_method)
-            if last_evaluation:
-                accs = [r["test_accuracy"] for r in last_evaluation["clients"] if "test_accuracy" in r]
+            if last:
+                accs = [r["test_accuracy"] for r in last["clients"] if "test_accuracy" in r]
                 plots.client_distribution(accs, self.plot_path("client_accuracy"), title)
         summary = {"algorithm": conf.algorithm, "dataset": conf.data.dataset, "rounds": conf.server.rounds,
-                   "final": final, "seconds": time.time() - self.started,
+                   "rounds_run": rounds_run, "final": final, "final_round": last["round"] + 1 if last else None,
+                   "missing_clients": self.missing_clients(), "seconds": time.time() - self.started,
                    "seconds_per_round": self.seconds_per_round(), "folder": str(self.folder), "data": self.data_info,
                    **self.notes}
         files.write_json(self.folder / "summary.json", summary)
         if self.writer:
             self.writer.close()
-        files.write_json(self.folder / "status.json", {"state": "complete", "finished": time.ctime()})
+        files.write_json(self.folder / "status.json", {**status, "rounds": conf.server.rounds,
+                                                       "finished": time.ctime()})
         _last_run["summary"] = summary
-        self.log.info(f"done: {self.headline(final)} | {summary['seconds']:.1f} s | {self.folder}")
+        ended = "done" if status["state"] == "complete" else \
+            f"stopped after {rounds_run} of {conf.server.rounds} rounds ({status['reason']})"
+        self.log.info(f"{ended}: {self.headline(final)} | {summary['seconds']:.1f} s | {self.folder}")
 
     def fail(self, exc):
         if not self.primary or self.folder is None:
@@ -107,6 +166,7 @@ class Recorder:
             return
         self.rounds.setdefault(round_index, {"round": round_index + 1}).update(summary)
         self.client_rows.extend({"round": round_index + 1, **r} for r in results)
+        self.last_evaluation = {"round": round_index, "summary": summary, "clients": results}
         self.scalars(round_index, "eval", summary)
         if self.writer:
             accs = [r["test_accuracy"] for r in results if "test_accuracy" in r]
@@ -127,6 +187,14 @@ class Recorder:
     def metric_rows(self):
         return [self.rounds[r] for r in sorted(self.rounds)]
 
+    def missing_clients(self):
+        """{client: the rounds it was asked to train or be evaluated in and did not answer}."""
+        missing = {}
+        for row in self.metric_rows():
+            for cid in {*row.get("missing_clients", ()), *row.get("missing_eval_clients", ())}:
+                missing.setdefault(cid, []).append(row["round"])
+        return dict(sorted(missing.items()))
+
     def seconds_per_round(self):
         times = [r["round_seconds"] for r in self.rounds.values() if "round_seconds" in r]
         return sum(times) / len(times) if times else None
@@ -141,12 +209,14 @@ class Recorder:
             files.write_csv(self.folder / "clients.csv", self.client_rows)
 
     def headline(self, summary):
+        """The evaluation in one line, with how many clients it covers when some were missing."""
         if "accuracy" in summary:
             model = "global" if self.conf.test_mode == "test_in_server" else "personalised"
-            return (f"{model} accuracy {summary['accuracy']:.2f}% (clients {summary['accuracy_mean']:.1f} "
+            text = (f"{model} accuracy {summary['accuracy']:.2f}% (clients {summary['accuracy_mean']:.1f} "
                     f"± {summary['accuracy_std']:.1f}, min {summary['accuracy_min']:.1f})")
-        parts = [f"{k} {v:.2f}" for k, v in summary.items() if isinstance(v, float)][:4]
-        return ", ".join(parts)
+        else:
+            text = ", ".join([f"{k} {v:.2f}" for k, v in summary.items() if isinstance(v, float)][:4])
+        return text + coverage(summary)
 
     # ----- extras for algorithms (votes, matrices, decisions) -------------------------------------------------
     def write_json(self, name, obj):
