@@ -4,6 +4,7 @@ Runs write their folders below `output.root` and derived data below `data.root`;
 tmp_path so the checkout stays clean.
 """
 import os
+import subprocess
 import sys
 from pathlib import Path
 

@@ -117,12 +117,17 @@ def test_config_keys_have_defaults_types_and_ranges():
 
 
 def test_remote_limit_must_hold_the_models_a_dispatch_carries():
+    from fedcmd_plugin.remote.fleet import RemoteFleet
+
     state = {"w": torch.zeros(1024, 1024)}  # 4 MiB
-    conf = load_config(None, ["remote.max_message_mb=20"])  # room for 3 models + 1 MiB, FedFomo sends 5 + 2
+    conf = load_config(None, ["algorithm=fedfomo", "remote.max_message_mb=20"])  # FedFomo sends 5 + 2 models
+    models = FedFomoServer.models_per_dispatch(SimpleNamespace(conf=conf))
+    assert models == 7
+    fleet = SimpleNamespace(conf=conf)
     with pytest.raises(ConfigError, match="'remote.max_message_mb' must be at least 29.0"):
-        FedFomoServer.check_message_limit(SimpleNamespace(conf=conf, initial_state=state))
+        RemoteFleet.check_room(fleet, state, models)
     conf.remote.max_message_mb = 29.0
-    FedFomoServer.check_message_limit(SimpleNamespace(conf=conf, initial_state=state))
+    RemoteFleet.check_room(fleet, state, models)
 
 
 # -------------------------------------------------------------------------------------------- remote uploads

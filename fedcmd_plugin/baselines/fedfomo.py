@@ -25,14 +25,13 @@ from fedcmd_plugin.baselines.common import (
     flatten_states,
     nested_states,
 )
-from fedcmd_plugin.errors import ConfigError, PluginError
+from fedcmd_plugin.errors import PluginError
 from fedcmd_plugin.federation.client import FederatedClient
 from fedcmd_plugin.federation.messages import Dispatch
 from fedcmd_plugin.federation.seeding import derived_seed
 from fedcmd_plugin.federation.server import FederatedServer
 from fedcmd_plugin.registry import Algorithm, register_algorithm
 
-MESSAGE_SLACK = 1024 * 1024  # bytes of headers and metadata beside the tensors of one dispatch
 
 
 def exploration(epsilon, decay, round_index):
@@ -74,19 +73,10 @@ class FedFomoServer(FederatedServer):
         self.latest = {}  # cid -> the client's latest trained state
         self.affinity = torch.zeros(len(self.client_order), len(self.client_order), dtype=torch.float64)
         self.round_peers = {}
-        if self.is_remote:
-            self.check_message_limit()
 
-    def check_message_limit(self):
-        """Remote dispatches carry M + 2 models (the client's own, M others, the initial state on first contact):
-        refuse a run whose gRPC limit cannot hold them rather than lose every client at round 2."""
-        from fedcmd_plugin.remote.transport import MIB, message_limit, state_bytes
-
-        model = state_bytes(self.initial_state)
-        needed = (self.conf.fedfomo.models_per_round + 2) * model + MESSAGE_SLACK
-        if message_limit(self.conf, model) < needed:
-            raise ConfigError(f"config key 'remote.max_message_mb' must be at least {needed / MIB:.1f} for FedFomo "
-                              f"with fedfomo.models_per_round={self.conf.fedfomo.models_per_round} on this model")
+    def models_per_dispatch(self):
+        """The client's own model, M others and the initial state on first contact."""
+        return self.conf.fedfomo.models_per_round + 2
 
     def selection(self, clients=None, clients_per_round=None):
         """The round's clients and, for each, the other clients' models it receives (the same on every rank)."""

@@ -64,6 +64,9 @@ class FederatedServer(BaseServer):
         self.owns_fleet = self.fleet is None
         self.fleet = self.make_fleet(clients)
         self.client_order = self.fleet.client_ids()
+        room = getattr(self.fleet, "check_room", None)  # fleets with a message size limit (remote mode)
+        if room:
+            room(self.initial_state, self.models_per_dispatch())
         self.last_evaluation = None
         self.selected_clients, self.stragglers = [], {}
         self.recorder.start(self.describe_run())
@@ -175,6 +178,10 @@ class FederatedServer(BaseServer):
         state = self._model.state_dict()
         state.update(merged)
         self._model.load_state_dict(state)
+
+    def models_per_dispatch(self):
+        """How many model-sized states the largest dispatch carries (a fleet with a message limit checks room)."""
+        return 1
 
     def algorithm_state(self):
         """What the algorithm's server holds beyond the global model and the clients' kept state (FedDyn's h,

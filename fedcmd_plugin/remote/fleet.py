@@ -16,10 +16,13 @@ from easyfl.pb import client_service_pb2 as client_pb
 from easyfl.pb import client_service_pb2_grpc as client_grpc
 from easyfl.pb import common_pb2 as common_pb
 
+from fedcmd_plugin.errors import ConfigError
 from fedcmd_plugin.remote.auth import bearer
+from fedcmd_plugin.remote.transport import MIB, message_limit, state_bytes
 from fedcmd_plugin.remote.wire import TEST, TRAIN, RemoteError, rpc_error_text, wrap
 from fedcmd_plugin.session import logger
 
+MESSAGE_SLACK = 1024 * 1024  # bytes of headers and metadata beside the tensors of one dispatch
 OPERATE_TIMEOUT = 60.0  # seconds for a client service to accept a request (it answers before working)
 
 
@@ -49,6 +52,15 @@ class RemoteFleet:
                                        thread_name_prefix="fedcmd-operate")
 
     # ----- the fleet interface ---------------------------------------------------------------------------------
+    def check_room(self, state, models):
+        """Refuse a run whose gRPC message limit cannot hold `models` copies of `state` (plus headers) rather than
+        lose every client at its first dispatch."""
+        model = state_bytes(state)
+        needed = models * model + MESSAGE_SLACK
+        if message_limit(self.conf, model) < needed:
+            raise ConfigError(f"config key 'remote.max_message_mb' must be at least {needed / MIB:.1f} for algorithm "
+                              f"{self.conf.algorithm!r}: its dispatches carry {models} models of {model / MIB:.1f} MiB")
+
     def client_ids(self):
         return sorted(self.endpoints)
 
