@@ -23,7 +23,10 @@ from common import ROOT, write_json
 from fedcmd_plugin import sweep
 
 CELLS = ROOT / "benchmarks" / "results" / "fedcmd_sweep_cells"  # finished cells, kept so any checkout resumes
-METHODS = ["fedcmd", "fedper", "fedcmd_round", "pfedsim", "lg_fedavg", "fedrep", "local", "fedavg", "fedcmd_reference"]
+# FedCMD (both aggregation modes and the reference code's selection rule), the paper's eleven comparison methods,
+# then the personalised baselines users reach for next.
+METHODS = ["fedcmd", "fedcmd_round", "fedcmd_reference", "local", "fedavg", "fedbn", "fedap", "fedbabu", "fedfomo",
+           "fedprox", "fedrep", "pfedsim", "feddyn", "fedper", "lg_fedavg", "ditto", "apfl"]
 
 
 def parse_args():

@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from common import ROOT, machine, run_config, write_json
-METHODS = ["local", "fedavg", "fedper", "fedrep", "fedbn", "lg_fedavg", "fedbabu", "pfedsim", "fedcmd",
-           "fedcmd_fixed", "fedcmd_noweight"]
+METHODS = ["local", "fedavg", "fedper", "fedrep", "fedbn", "lg_fedavg", "fedbabu", "pfedsim", "fedprox", "feddyn",
+           "fedfomo", "fedap", "ditto", "apfl", "fedcmd", "fedcmd_fixed", "fedcmd_noweight"]
 PAPER_FMNIST = {"fedcmd": 96.57, "pfedsim": 96.17, "fedper": 95.71, "local": 95.53, "fedrep": 95.50,
                 "fedavg": 77.70}
 
