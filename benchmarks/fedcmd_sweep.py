@@ -35,6 +35,8 @@ def parse_args():
     parser.add_argument("--dataset", default="fmnist")
     parser.add_argument("--methods", nargs="+", default=METHODS)
     parser.add_argument("--alphas", default="0.5,0.1", help="comma-separated Dirichlet alphas")
+    parser.add_argument("--only-alphas", default=None, help="run only these of --alphas now (comma-separated); the "
+                        "cells keep the names and identities of the whole grid, so later runs fill the rest")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=None, help="default: the configs' own (FMNIST: 100)")
     parser.add_argument("--workers", type=int, default=None, help="default: one per usable core")
@@ -79,6 +81,9 @@ def main():
             sys.exit(f"error: {config} does not exist")
         methods.append((method, str(config), ()))
     cells = sweep.plan(methods, args.seeds, items)
+    if args.only_alphas:
+        wanted = {f"data.alpha={a.strip()}" for a in args.only_alphas.split(",")}
+        cells = [c for c in cells if wanted & set(c.overrides)]
     if not args.quick:
         restore_cells(args.work)
     meta = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), **sweep.machine()}
