@@ -37,6 +37,7 @@ class Recorder:
         self.notes = {}  # algorithm facts for summary.json (e.g. FedCMD's chosen layer)
         self.data_info = None  # the data's shape, which rebuilds the model from checkpoints (load_run)
         self.started = time.time()
+        self.earlier_seconds = 0.0  # a resumed run: the seconds of the rounds its checkpoint holds
         self.log = logger()
 
     # ----- life cycle -------------------------------------------------------------------------------------------
@@ -51,13 +52,43 @@ class Recorder:
         self.data_info = info.get("data")
         if info.get("partition"):
             files.write_csv(self.folder / "partition.csv", info["partition"])
-        if conf.output.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.folder / "tensorboard"))
+        self.open_writer()
         self.log.info(f"run folder: {self.folder}")
         _last_run.clear()
         _last_run["folder"] = self.folder
+
+    def resume(self, folder, info, state, done):
+        """Go on writing in `folder` after round `done` from a checkpoint's `state` (what `state()` returned): the
+        metrics of the rounds it holds are kept, those written after it (by a run killed later) are dropped."""
+        self.rounds = {row["round"] - 1: row for row in state["rounds"]}
+        self.client_rows = list(state["client_rows"])
+        self.notes = dict(state["notes"])
+        self.earlier_seconds = state["seconds"]
+        if not self.primary:
+            return
+        self.folder = Path(folder)
+        self.data_info = info.get("data")
+        files.write_json(self.folder / "status.json", {"state": "running", "started": time.ctime(),
+                                                       "resumed_after_round": done})
+        self.write_metrics()
+        self.open_writer(purge_step=done + 1)  # TensorBoard hides the events logged after the checkpoint
+        self.log.info(f"run folder: {self.folder} (resumed after round {done})")
+        _last_run.clear()
+        _last_run["folder"] = self.folder
+
+    def state(self):
+        """What a checkpoint keeps of the recorder: the metrics so far, the algorithm's notes and the seconds."""
+        return {"rounds": self.metric_rows(), "client_rows": self.client_rows, "notes": self.notes,
+                "seconds": self.seconds()}
+
+    def open_writer(self, purge_step=None):
+        if self.conf.output.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.folder / "tensorboard"), purge_step=purge_step)
+
+    def seconds(self):
+        return self.earlier_seconds + time.time() - self.started
 
     def save_checkpoints(self, states, subfolder=""):
         """{name: state} as checkpoints/[subfolder/]<name>.pt (when output.save_model is on)."""
@@ -78,16 +109,40 @@ class Recorder:
             if last_evaluation:
                 accs = [r["test_accuracy"] for r in last_evaluation["clients"] if "test_accuracy" in r]
                 plots.client_distribution(accs, self.plot_path("client_accuracy"), title)
-        summary = {"algorithm": conf.algorithm, "dataset": conf.data.dataset, "rounds": conf.server.rounds,
-                   "final": final, "seconds": time.time() - self.started,
-                   "seconds_per_round": self.seconds_per_round(), "folder": str(self.folder), "data": self.data_info,
-                   **self.notes}
-        files.write_json(self.folder / "summary.json", summary)
+        summary = self.write_summary(final, conf.server.rounds)
         if self.writer:
             self.writer.close()
         files.write_json(self.folder / "status.json", {"state": "complete", "finished": time.ctime()})
-        _last_run["summary"] = summary
         self.log.info(f"done: {self.headline(final)} | {summary['seconds']:.1f} s | {self.folder}")
+
+    def stop(self, round_reached, reason, checkpoint_round=None, last_evaluation=None):
+        """The run stopped before its last round (a stop signal, the remote Stop): status.json says `stopped`
+        with the round reached and why, summary.json how many rounds ran; `checkpoint_round`: the round a resume
+        continues after (None: no checkpoint)."""
+        if not self.primary or self.folder is None:
+            return
+        self.write_metrics()
+        final = last_evaluation["summary"] if last_evaluation else {}
+        self.write_summary(final, round_reached)
+        if self.writer:
+            self.writer.close()
+        status = {"state": "stopped", "round": round_reached, "rounds": self.conf.server.rounds, "reason": reason,
+                  "checkpoint_round": checkpoint_round, "finished": time.ctime()}
+        files.write_json(self.folder / "status.json", status)
+        _last_run["stopped"] = status
+        resumable = f"; resume continues after round {checkpoint_round}" if checkpoint_round else ""
+        self.log.info(f"stopped after round {round_reached} of {self.conf.server.rounds} ({reason}){resumable} | "
+                      f"{self.folder}")
+
+    def write_summary(self, final, rounds_run):
+        conf = self.conf
+        summary = {"algorithm": conf.algorithm, "dataset": conf.data.dataset, "rounds": conf.server.rounds,
+                   "rounds_run": rounds_run, "final": final, "seconds": self.seconds(),
+                   "seconds_per_round": self.seconds_per_round(), "folder": str(self.folder), "data": self.data_info,
+                   **self.notes}
+        files.write_json(self.folder / "summary.json", summary)
+        _last_run["summary"] = summary
+        return summary
 
     def fail(self, exc):
         if not self.primary or self.folder is None:
