@@ -110,6 +110,7 @@ def test_unknown_key_without_close_match_lists_the_keys():
     ("output.save_model=3", "output.save_model", "true/false"),
     ("data=5", "data", "mapping"),
     ("server.rounds=null", "server.rounds", "null"),
+    ("resume=7", "resume", "a string"),
 ])
 def test_wrong_type_names_key_and_expectation(override, key, expected):
     with pytest.raises(ConfigError) as caught:
@@ -127,6 +128,7 @@ def test_wrong_type_names_key_and_expectation(override, key, expected):
     ("client.straggler_ratio=2", "client.straggler_ratio", "[0, 1]"),
     ("data.split_type=random", "data.split_type", "iid, dir, class"),
     ("client.optimizer.type=RMSprop", "client.optimizer.type", "SGD, Adam"),
+    ("server.checkpoint_every=-1", "server.checkpoint_every", ">= 0"),
 ])
 def test_out_of_range_values_name_key_and_range(override, key, expected):
     with pytest.raises(ConfigError) as caught:
