@@ -3,16 +3,19 @@
 Bad input ends with a one-line `error: ...` on stderr and exit status 2, never a stack trace.
 """
 import argparse
+import json
 import os
 import sys
 
 from fedcmd_plugin.errors import PluginError
+from fedcmd_plugin.federation.stopping import exit_status
 
 EPILOG = """examples:
   fedcmd-plugin run configs/fedcmd_digits.yaml
   fedcmd-plugin run configs/fedavg_fmnist.yaml server.rounds=5 client.local_epoch=1
   fedcmd-plugin run configs/fedcmd_digits.yaml configs/fedavg_digits.yaml     (prints a comparison)
   fedcmd-plugin run configs/fedavg_digits.yaml --nproc 2                      (torch.distributed, 2 processes)
+  fedcmd-plugin run configs/fedcmd_digits.yaml --resume runs/fedcmd-digits-20260101-120000   (continue a run)
   fedcmd-plugin compare runs/fedcmd-digits-* runs/fedavg-digits-*           (finished runs side by side)
   fedcmd-plugin show-config configs/fedcmd_digits.yaml seed=3
   fedcmd-plugin list
@@ -44,6 +47,13 @@ def command_run(args):
     from fedcmd_plugin.tracking.recorder import usable_root
 
     configs, overrides = config_arguments(args.items)
+    if args.resume is not None:
+        if len(configs) != 1:
+            raise PluginError(f"--resume continues one run: give its one config file, not {len(configs)}")
+        overrides.append(f"resume={json.dumps(args.resume)}")  # a quoted YAML string, whatever the path holds
+        from fedcmd_plugin.federation import checkpoint
+
+        checkpoint.read(args.resume, load_config(configs[0], overrides), mmap=True)  # refused before anything starts
     loaded = [load_config(path, overrides) for path in configs]  # check every file before the first run
     for conf in loaded:
         usable_root(conf.output.root)
@@ -54,10 +64,21 @@ def command_run(args):
     results = []
     for path, conf in zip(configs, loaded):
         result = run_experiment(conf)
+        if "stopped" in result:
+            return report_stopped(path, result)
         results.append((os.path.basename(path), result.get("summary", {})))
     if len(results) > 1:
         print(comparison_table(results, "config"))
     return 0
+
+
+def report_stopped(path, result):
+    """A run stopped by a signal: how to continue it, and the shell's status for that signal."""
+    stopped = result["stopped"]
+    how = f"; continue with: fedcmd-plugin run {path} --resume {result['folder']}" \
+        if stopped["checkpoint_round"] else ""
+    print(f"stopped after round {stopped['round']} of {stopped['rounds']} ({stopped['reason']}){how}", file=sys.stderr)
+    return exit_status(stopped["reason"])
 
 
 def comparison_table(results, label):
@@ -166,6 +187,9 @@ def build_parser():
     run.add_argument("items", nargs="+", metavar="CONFIG.yaml | key.sub=value")
     run.add_argument("--nproc", type=int, default=1, help="processes for torch.distributed on this machine "
                      "(gloo on the CPU, nccl with gpu > 0); default 1 = standalone simulation")
+    run.add_argument("--resume", metavar="RUN_FOLDER", default=None,
+                     help="continue the run in RUN_FOLDER from its checkpoint.pt, with the same config, in the same "
+                     "folder (sets config key resume)")
     run.set_defaults(handler=command_run)
     sweep = commands.add_parser(
         "sweep", help="run methods x seeds x override grid in parallel worker processes, resumable",
@@ -231,6 +255,6 @@ def main(argv=None):
     except PluginError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("interrupted", file=sys.stderr)
-        return 130
+        return exit_status(getattr(exc, "name", "SIGINT"))

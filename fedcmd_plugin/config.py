@@ -23,6 +23,7 @@ RUNTIME_KEYS = {
 # Keys whose default is null: the types they accept.
 NULLABLE_TYPES = {
     "data.path": (str,),
+    "resume": (str,),
     "server.join_ratio": (float,),
     "output.name": (str,),
     "model_init.params_file": (str,),
@@ -73,7 +74,8 @@ POSITIVE = {
 NON_NEGATIVE = {"client.finetune_epoch", "client.optimizer.lr", "client.optimizer.momentum",
                 "client.optimizer.weight_decay", "data.min_size", "gpu", "seed",
                 "distributed.world_size", "personalization.body_epochs", "personalization.warmup_rounds",
-                "num_threads", "server.save_model_every", "fedprox.mu", "ditto.lambda", "apfl.alpha_lr",
+                "num_threads", "server.save_model_every", "server.checkpoint_every", "fedprox.mu", "ditto.lambda",
+                "apfl.alpha_lr",
                 "fedureid.size_penalty", "fedureid.memory_momentum", "fedureid.precision_threshold"}  # world_size 0 is EasyFL's "not distributed"
 FRACTIONS = {"data.train_test_split", "server.join_ratio"}  # in (0, 1]
 OPEN_FRACTIONS = {"fedfomo.val_ratio"}  # in (0, 1)

@@ -16,9 +16,11 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from fedcmd_plugin.errors import PluginError
+from fedcmd_plugin.federation.stopping import STOP_SIGNALS
 
 RANK_COMMAND = (sys.executable, "-m", "fedcmd_plugin")  # what each rank runs, followed by `run ...`
 STOP_GRACE = 10.0  # seconds a stopped rank gets to exit before it is killed
@@ -42,26 +44,46 @@ def launch(nproc, arguments):
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(nproc),
                LOCAL_WORLD_SIZE=str(nproc))
     logs = Path(tempfile.mkdtemp(prefix="fedcmd-ranks-"))
-    processes = []
+    processes, forwarded = [], []
     try:
         for rank in range(nproc):
             with open(logs / f"rank{rank}.log", "wb") as log:  # the child keeps its own descriptor
                 processes.append(subprocess.Popen(
                     [*RANK_COMMAND, "run", *arguments], env=dict(env, RANK=str(rank), LOCAL_RANK=str(rank)),
                     stdin=subprocess.DEVNULL, stdout=None if rank == 0 else log, stderr=log))
-        failed = first_failure(processes)
+        with forwarding_stop_signals(processes, forwarded):
+            failed = first_failure(processes, forwarded)
     finally:
         stop(processes)
     if failed is None:
         sys.stderr.write((logs / "rank0.log").read_text(errors="replace"))  # rank 0's warnings, in order
         shutil.rmtree(logs, ignore_errors=True)
-        return 0
+        return processes[0].returncode if forwarded else 0
     raise RankFailed(f"{describe_exit(failed, processes[failed].returncode, logs / f'rank{failed}.log')} "
                      f"(every rank's log: {logs})")
 
 
-def first_failure(processes):
-    """Wait until every process exited 0 (None) or one exited non-zero: the index of the first to do so."""
+@contextmanager
+def forwarding_stop_signals(processes, forwarded):
+    """SIGTERM/SIGINT sent to the launcher reach every rank, which checkpoints after its current round and stops
+    itself; each signal forwarded is appended to `forwarded`."""
+    def forward(number, frame):
+        forwarded.append(number)
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(number)
+
+    previous = {number: signal.signal(number, forward) for number in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def first_failure(processes, forwarded=()):
+    """Wait until every process exited 0 (None) or one exited non-zero: the index of the first to do so. After a
+    forwarded stop signal the ranks end with that signal's status, which is no failure: all are awaited."""
     exits = queue.Queue()
     for index, process in enumerate(processes):
         threading.Thread(target=lambda i=index, p=process: exits.put((i, p.wait())), daemon=True).start()
@@ -72,7 +94,7 @@ def first_failure(processes):
                 break
             except queue.Empty:
                 continue
-        if code != 0:
+        if code != 0 and not forwarded:
             return index
     return None
 

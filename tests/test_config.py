@@ -112,6 +112,7 @@ def test_unknown_key_without_close_match_lists_the_keys():
     ("data=5", "data", "mapping"),
     ("server.rounds=null", "server.rounds", "null"),
     ("distributed.timeout_seconds=soon", "distributed.timeout_seconds", "a number"),
+    ("resume=7", "resume", "a string"),
 ])
 def test_wrong_type_names_key_and_expectation(override, key, expected):
     with pytest.raises(ConfigError) as caught:
@@ -130,6 +131,7 @@ def test_wrong_type_names_key_and_expectation(override, key, expected):
     ("data.split_type=random", "data.split_type", "iid, dir, class"),
     ("client.optimizer.type=RMSprop", "client.optimizer.type", "SGD, Adam"),
     ("distributed.timeout_seconds=0", "distributed.timeout_seconds", "> 0"),
+    ("server.checkpoint_every=-1", "server.checkpoint_every", ">= 0"),
 ])
 def test_out_of_range_values_name_key_and_range(override, key, expected):
     with pytest.raises(ConfigError) as caught:

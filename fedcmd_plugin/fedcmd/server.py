@@ -14,6 +14,7 @@ updates, in one of two modes (`fedcmd.aggregation`):
   flattened updates normalised per row (`personalization.similarity_norm`).
 """
 import numpy as np
+import torch
 
 from fedcmd_plugin import aggregate as agg
 from fedcmd_plugin.errors import ConfigError
@@ -67,6 +68,22 @@ class FedCMDServer(PersonalizedServer):
         if self.chosen:
             self.recorder.notes["personal_block"] = self.chosen
             self.recorder.notes["personal_block_reason"] = "fixed by fedcmd.personal_block"
+
+    def algorithm_state(self):
+        """The vote tally and its diagnostics, the decision and (reference mode) every client's latest layers; the
+        similarity memory and per-client aggregates come from the personalised server."""
+        return {**super().algorithm_state(), "fedcmd": {
+            "chosen": self.chosen, "counts": self.counts, "rule_counts": self.rule_counts, "ties": self.ties,
+            "score_rows": {d: [torch.from_numpy(row) for row in rows] for d, rows in self.score_rows.items()},
+            "scored_batches": self.scored_batches, "vote_rounds": self.vote_rounds, "latest": self.latest.state()}}
+
+    def load_algorithm_state(self, state):
+        super().load_algorithm_state(state)
+        saved = state["fedcmd"]
+        self.chosen, self.counts, self.rule_counts = saved["chosen"], saved["counts"], saved["rule_counts"]
+        self.ties, self.scored_batches, self.vote_rounds = saved["ties"], saved["scored_batches"], saved["vote_rounds"]
+        self.score_rows = {d: [row.numpy() for row in rows] for d, rows in saved["score_rows"].items()}
+        self.latest.load_state(saved["latest"])
 
     def in_selection(self):
         return self._current_round < self.selection_rounds or self.chosen is None

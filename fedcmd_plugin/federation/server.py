@@ -3,9 +3,12 @@
 One round: seeded selection -> this rank's share of the clients -> `training_dispatch(cid)` -> client round ->
 uploads gathered from all ranks -> `aggregate(uploads)`. Every `test_every` rounds each client's personalised
 model (test_mode=test_in_client) or the global model (test_in_server) is evaluated on each client's test split.
+Every `server.checkpoint_every` rounds, and when the run is stopped (SIGTERM, SIGINT, the remote Stop), the run
+folder gets the checkpoint that `resume` continues from (`federation.checkpoint`).
 Algorithms override `personal_keys`, `dispatch_for` (what a client's model is), `training_dispatch` (what only
-training needs on top), `aggregate` and `round_meta` (and `client_model_state` when a client's model is not the
-server's state plus its kept model keys); the maths they call lives in `fedcmd_plugin.aggregate`.
+training needs on top), `aggregate`, `round_meta`, `client_model_state` (when a client's model is not the server's
+state plus its kept model keys) and, for what their server keeps between rounds, `algorithm_state` /
+`load_algorithm_state`; the maths they call lives in `fedcmd_plugin.aggregate`.
 """
 import time
 from dataclasses import asdict
@@ -16,18 +19,20 @@ from easyfl.server import BaseServer
 
 from fedcmd_plugin import aggregate as agg
 from fedcmd_plugin.errors import ConfigError, PluginError
-from fedcmd_plugin.federation import distributed, progress
+from fedcmd_plugin.federation import checkpoint, distributed, progress
 from fedcmd_plugin.federation.client import model_entries
 from fedcmd_plugin.federation.evaluation import measure, sampled_accuracy_interval, summarise_classification
 from fedcmd_plugin.federation.fleet import LocalFleet
 from fedcmd_plugin.federation.messages import Dispatch
 from fedcmd_plugin.federation.seeding import derived_seed
+from fedcmd_plugin.federation.stopping import STOP_SIGNALS, RunInterrupted, stop_on_signals
 from fedcmd_plugin.federation.workers import ProcessFleet, threads_per_worker, worker_count
 from fedcmd_plugin.session import logger, prepared_config
 from fedcmd_plugin.tracking import Recorder
 
 
 EVALUATION_CHUNK = 256  # clients whose dispatches exist at once while evaluating
+SIGNAL_NAMES = {number.name for number in STOP_SIGNALS}
 
 
 class FederatedServer(BaseServer):
@@ -43,12 +48,24 @@ class FederatedServer(BaseServer):
         self.log = logger()
         self.recorder = Recorder(self.conf, primary=self.rank == 0)
         progress.configure(self.conf.output.progress, primary=self.rank == 0)
+        self.rounds_done = self.checkpoint_round = 0
         try:
+            self.resumed = self.read_checkpoint()
             self.setup(model, clients)
-            self.bar = progress.round_bar(self.conf.server.rounds)
-            super().start(model, clients)
+            if self.resumed:
+                self.restore(model, self.resumed)
+            self.bar = progress.round_bar(self.conf.server.rounds, initial=self.rounds_done)
+            with stop_on_signals(self.stop):
+                super().start(model, clients)
             self.bar.close()
-            self.finish()
+            if self.rounds_done < self.conf.server.rounds:
+                self.halt()
+            else:
+                self.finish()
+        except RunInterrupted as exc:
+            self.recorder.stop(self.rounds_done, f"{exc.name} again: stopped during round {self.rounds_done + 1}",
+                               self.checkpoint_round or None)
+            raise
         except BaseException as exc:
             self.recorder.fail(exc)
             raise
@@ -69,7 +86,11 @@ class FederatedServer(BaseServer):
             room(self.initial_state, self.models_per_dispatch())
         self.last_evaluation = None
         self.selected_clients, self.stragglers = [], {}
-        self.recorder.start(self.describe_run())
+        if self.resumed:
+            saved = self.resumed
+            self.recorder.resume(self.conf.resume, self.describe_run(), saved["recorder"], saved["round"])
+        else:
+            self.recorder.start(self.describe_run())
 
     def check_test_mode(self):
         from fedcmd_plugin.data import load_federated
@@ -102,25 +123,75 @@ class FederatedServer(BaseServer):
         self.log.info(data.summary)
         return {"partition": data.client_rows, "summary": data.summary, "data": asdict(data.info)}
 
+    def finish(self):
+        self.recorder.finish(self.model_states())
+
+    # ----- stopping, checkpoints and resuming -------------------------------------------------------------------
     def stop(self, reason="stop requested"):
-        """End the run after the current round (before the first one when it has not started): its folder then
-        says `stopped` with the rounds that ran, unless that was the last configured round anyway."""
-        self.stop_reason = reason
+        """Stop after the current round (a stop signal, the remote Stop; before the first round when the run has not
+        started): the run is then checkpointed and recorded as stopped, with `reason`."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            again = " (another SIGTERM/SIGINT stops at once)" if reason in SIGNAL_NAMES else ""
+            logger().info(f"{reason}: stopping after round {getattr(self, "_current_round", -1) + 1}{again}")
         super().stop()
 
     def should_stop(self):
-        # EasyFL's own flag is reset when `start` begins: a stop requested before that would be lost.
-        return self.stop_reason is not None or super().should_stop()
+        """EasyFL asks before every round; its own flag is reset when `start` begins, so a stop requested earlier
+        is kept here. In distributed mode a stop asked on any rank stops every rank before the same round (each rank
+        is asked on its own, e.g. by a signal)."""
+        stop = self.stop_reason is not None or super().should_stop()
+        if self.world > 1:
+            stop = any(distributed.gather_json([bool(stop)]))
+        return stop
 
-    def rounds_run(self):
-        return self._current_round + 1
+    def _reset(self):
+        """EasyFL's start sets the round counter before the first round; a resumed run goes on after its
+        checkpoint's round."""
+        super()._reset()
+        self._current_round = self.rounds_done - 1
 
-    def finish(self):
-        rounds_run = self.rounds_run()
-        if rounds_run < self.conf.server.rounds:
-            self.recorder.stop(rounds_run, self.stop_reason or "ended early", self.model_states())
-        else:
-            self.recorder.finish(self.model_states())
+    def read_checkpoint(self):
+        """The checkpoint of the run folder named by config key `resume` (None when it is not set)."""
+        if not self.conf.resume:
+            return None
+        if self.is_remote:
+            raise ConfigError("config key 'resume': remote runs cannot be resumed, because each client's own state "
+                              "(personal layers, memories) stays in its client service and is in no checkpoint")
+        return checkpoint.read(self.conf.resume, self.conf)
+
+    def halt(self):
+        """The end of a stopped run: a checkpoint of the rounds done, then status `stopped`."""
+        self.write_checkpoint()
+        self.recorder.stop(self.rounds_done, self.stop_reason or "stop requested", self.checkpoint_round or None,
+                           self.model_states())
+
+    def writes_checkpoints(self):
+        """Whether this process can checkpoint the run: rank 0 writes, and a remote server cannot (its clients'
+        own state never leaves the client services)."""
+        return self.rank == 0 and not self.is_remote
+
+    def write_checkpoint(self):
+        """The checkpoint after the rounds done so far (`federation.checkpoint`), unless it is already written."""
+        if not self.writes_checkpoints() or self.checkpoint_round == self.rounds_done:
+            return
+        kept = {cid: self.fleet.kept(cid) for cid in self.client_order}
+        checkpoint.write(self.recorder.folder, self.conf, self.rounds_done, {
+            "global": self._model.state_dict(), "kept": {cid: state for cid, state in kept.items() if state},
+            "last_evaluation": self.last_evaluation, "algorithm": self.algorithm_state(),
+            "recorder": self.recorder.state()})
+        self.checkpoint_round = self.rounds_done
+
+    def restore(self, model, saved):
+        """Continue from checkpoint `saved` (every rank restores it): the global model (into `model`, which EasyFL's
+        start copies), the clients' own state, the algorithm's state and the generators' positions."""
+        model.load_state_dict(saved["global"])
+        for cid, kept in saved["kept"].items():
+            self.fleet.set_kept(cid, kept)
+        self.last_evaluation = saved["last_evaluation"]
+        self.load_algorithm_state(saved["algorithm"])
+        checkpoint.restore_generators(saved["generators"])
+        self.rounds_done = self.checkpoint_round = saved["round"]
 
     def model_states(self):
         """Checkpoints: the global model (when the algorithm has one) and every client's personalised state."""
@@ -186,7 +257,7 @@ class FederatedServer(BaseServer):
     def algorithm_state(self):
         """What the algorithm's server holds beyond the global model and the clients' kept state (FedDyn's h,
         FedCMD's tally and decision, similarity memories): {name: tensor, dict of tensors or JSON value}. Checkpoints
-        save it; `load_algorithm_state` puts it back on resume."""
+        save it; `load_algorithm_state` puts it back on resume. Subclasses extend their parent's state."""
         return {}
 
     def load_algorithm_state(self, state):
@@ -332,11 +403,17 @@ class FederatedServer(BaseServer):
         return summary
 
     def save_model(self):
-        """Every `server.save_model_every` rounds before the last, the models go to checkpoints/round_N/; the
-        final ones are written at the end of the run."""
-        every, done = self.conf.server.save_model_every, self._current_round + 1
-        if every and done % every == 0 and done < self.conf.server.rounds:
+        """The end of every round (EasyFL's hook): every `server.save_model_every` rounds before the last the models
+        go to checkpoints/round_N/ (the final ones are written at the end of the run); every
+        `server.checkpoint_every` rounds before the last the resume checkpoint is written."""
+        done, rounds = self._current_round + 1, self.conf.server.rounds
+        self.rounds_done = done
+        every = self.conf.server.save_model_every
+        if every and done % every == 0 and done < rounds:
             self.recorder.save_checkpoints(self.model_states(), f"round_{done}")
+        every = self.conf.server.checkpoint_every
+        if every and done % every == 0 and done < rounds:
+            self.write_checkpoint()
 
     def track_test_results(self, results):
         """Metrics go to the run folder (fedcmd_plugin.tracking), not EasyFL's tracker."""

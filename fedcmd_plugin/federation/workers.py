@@ -14,12 +14,14 @@ Forking needs a CPU run: CUDA cannot be used in a forked child, so GPU runs trai
 (use `--nproc` / torchrun for several GPUs).
 """
 import multiprocessing
+import signal
 
 import torch
 
 from fedcmd_plugin.federation import codec
 from fedcmd_plugin.federation.fleet import LocalFleet
 from fedcmd_plugin.federation.messages import Dispatch, Upload
+from fedcmd_plugin.federation.stopping import STOP_SIGNALS
 from fedcmd_plugin.session import usable_cores
 
 
@@ -62,7 +64,10 @@ def _unpack_kept(payload):
 
 
 def _serve(connection, fleet, threads):
-    """A worker's loop: jobs in, results out, until the server says stop or goes away."""
+    """A worker's loop: jobs in, results out, until the server says stop or goes away. Stop signals are the
+    server's to handle (a terminal's Ctrl-C reaches the workers too): it finishes the round, then ends them."""
+    for number in STOP_SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
     torch.set_num_threads(threads)
     while True:
         try:

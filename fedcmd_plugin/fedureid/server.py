@@ -25,6 +25,20 @@ class FedUReIDServer(FederatedServer):
         self.edge_images = {}  # cid -> images processed in local training so far (the compute measure)
         self.reference_images = self.median_edge_size()
 
+    def algorithm_state(self):
+        """The models the edges get next round, the compute count and the mAP history (the edges' memories and
+        pseudo labels are their own kept state)."""
+        return {**super().algorithm_state(), "fedureid": {
+            "edge_states": self.edge_states, "edge_images": self.edge_images,
+            "map_history": {cid: [list(point) for point in points] for cid, points in self.map_history.items()}}}
+
+    def load_algorithm_state(self, state):
+        super().load_algorithm_state(state)
+        saved = state["fedureid"]
+        self.edge_states, self.edge_images = dict(saved["edge_states"]), dict(saved["edge_images"])
+        self.images_total = sum(self.edge_images.values())
+        self.map_history = {cid: [tuple(point) for point in points] for cid, points in saved["map_history"].items()}
+
     def median_edge_size(self):
         from fedcmd_plugin.data import load_federated
 
@@ -68,8 +82,10 @@ class FedUReIDServer(FederatedServer):
         merged = self._model.state_dict()
         for u in uploads:
             self.edge_states[u.cid] = agg.ema(u.state, merged, f.ema_beta)
-            for key in merged:  # integer buffers (BatchNorm's counter) follow the aggregate
-                self.edge_states[u.cid].setdefault(key, merged[key])
+            # Integer buffers (BatchNorm's counter) take this round's aggregate: a copy, not the global model's
+            # tensor that later rounds overwrite (which a checkpoint could not restore).
+            for key in merged:
+                self.edge_states[u.cid].setdefault(key, merged[key].clone())
 
     def summarise_evaluation(self, results):
         summary = {m: float(np.mean([r[m] for r in results])) for m in REID_METRICS}

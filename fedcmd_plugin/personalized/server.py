@@ -29,6 +29,15 @@ class PersonalizedServer(FederatedServer):
         super().setup(model, clients)
         self.similarity = SimilarityMemory()
 
+    def algorithm_state(self):
+        return {**super().algorithm_state(), "client_states": self.client_states,
+                "similarity": self.similarity.state()}
+
+    def load_algorithm_state(self, state):
+        super().load_algorithm_state(state)
+        self.client_states = state["client_states"]
+        self.similarity.load_state(state["similarity"])
+
     # ----- key sets ----------------------------------------------------------------------------------------------
     def keys_of(self, blocks):
         return keys_of_blocks(self.state_keys, self.block_of, blocks)

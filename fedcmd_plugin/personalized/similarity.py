@@ -20,6 +20,13 @@ class SimilarityMemory:
         """How many distinct pairs of different clients have met."""
         return sum(len(row) for row in self._rows.values()) // 2
 
+    def state(self):
+        """{cid: {partner: similarity}} for a checkpoint (`load_state` puts it back)."""
+        return {cid: dict(row) for cid, row in self._rows.items()}
+
+    def load_state(self, state):
+        self._rows = {cid: dict(row) for cid, row in state.items()}
+
     def set(self, a, b, value):
         if a == b:
             return
@@ -76,6 +83,13 @@ class LatestStates:
 
     def __len__(self):
         return len(self.states)
+
+    def state(self):
+        """The latest states and their sum for a checkpoint (`load_state` puts them back)."""
+        return {"states": self.states, "total": self.total}
+
+    def load_state(self, state):
+        self.states, self.total = dict(state["states"]), dict(state["total"])
 
     def update(self, cid, state):
         old = self.states.get(cid)

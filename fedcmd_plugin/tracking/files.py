@@ -7,17 +7,33 @@ import tempfile
 from pathlib import Path
 
 
-def write_bytes(path, data):
+def write_bytes(path, data, durable=False):
+    """Write to a temporary file beside `path`, then rename it over `path`. `durable`: the bytes and the rename
+    are on disk (fsync) before this returns, so not even a power cut leaves `path` half-written (checkpoints)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path))
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if durable:
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+
+def temporary_prefix(path):
+    """The name prefix of `write_bytes`' temporary files for `path` (left behind only by a killed writer)."""
+    return f".{Path(path).name}."
 
 
 def write_text(path, text):

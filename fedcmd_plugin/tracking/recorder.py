@@ -81,6 +81,7 @@ class Recorder:
         self.data_info = None  # the data's shape, which rebuilds the model from checkpoints (load_run)
         self.last_evaluation = None  # {"round", "summary", "clients"} of the latest evaluation
         self.started = time.time()
+        self.earlier_seconds = 0.0  # a resumed run: the seconds of the rounds its checkpoint holds
         self.log = logger()
 
     # ----- life cycle -------------------------------------------------------------------------------------------
@@ -95,13 +96,44 @@ class Recorder:
         self.data_info = info.get("data")
         if info.get("partition"):
             files.write_csv(self.folder / "partition.csv", info["partition"])
-        if conf.output.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.folder / "tensorboard"))
+        self.open_writer()
         self.log.info(f"run folder: {self.folder}")
         _last_run.clear()
         _last_run["folder"] = self.folder
+
+    def resume(self, folder, info, state, done):
+        """Go on writing in `folder` after round `done` from a checkpoint's `state` (what `state()` returned): the
+        metrics of the rounds it holds are kept, those written after it (by a run killed later) are dropped."""
+        self.rounds = {row["round"] - 1: row for row in state["rounds"]}
+        self.client_rows = list(state["client_rows"])
+        self.notes = dict(state["notes"])
+        self.last_evaluation = state["last_evaluation"]
+        self.earlier_seconds = state["seconds"]
+        if not self.primary:
+            return
+        self.folder = Path(folder)
+        self.data_info = info.get("data")
+        files.write_json(self.folder / "status.json", {"state": "running", "started": time.ctime(),
+                                                       "resumed_after_round": done})
+        self.write_metrics()
+        self.open_writer(purge_step=done + 1)  # TensorBoard hides the events logged after the checkpoint
+        self.log.info(f"run folder: {self.folder} (resumed after round {done})")
+        _last_run.clear()
+        _last_run["folder"] = self.folder
+
+    def state(self):
+        """What a checkpoint keeps of the recorder: the metrics so far, the algorithm's notes and the seconds."""
+        return {"rounds": self.metric_rows(), "client_rows": self.client_rows, "notes": self.notes,
+                "last_evaluation": self.last_evaluation, "seconds": self.seconds()}
+
+    def open_writer(self, purge_step=None):
+        if self.conf.output.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.folder / "tensorboard"), purge_step=purge_step)
+
+    def seconds(self):
+        return self.earlier_seconds + time.time() - self.started
 
     def save_checkpoints(self, states, subfolder=""):
         """{name: state} as checkpoints/[subfolder/]<name>.pt (when output.save_model is on)."""
@@ -113,14 +145,16 @@ class Recorder:
         """Every configured round ran: the final models (`states`), metrics, plots, summary and status `complete`."""
         self.close(states, self.conf.server.rounds, {"state": "complete"})
 
-    def stop(self, rounds_run, reason, states=None):
-        """The run ends early on request (Stop, SIGTERM, SIGINT) after `rounds_run` rounds: what it has (the models
-        in `states`, metrics, plots, summary) and status `stopped` with the round reached and why."""
-        self.close(states or {}, rounds_run, {"state": "stopped", "round": rounds_run, "reason": reason})
+    def stop(self, rounds_run, reason, checkpoint_round=None, states=None):
+        """The run ends early on request (a stop signal, the remote Stop) after `rounds_run` rounds: what it has
+        (the models in `states`, metrics, plots, summary) and status `stopped` with the round reached and why;
+        `checkpoint_round`: the round a resume continues after (None: no checkpoint)."""
+        self.close(states or {}, rounds_run, {"state": "stopped", "round": rounds_run, "reason": reason,
+                                              "checkpoint_round": checkpoint_round})
 
     def close(self, states, rounds_run, status):
         """The last writes of `finish` and `stop`; status.json comes last, so it never announces missing files."""
-        if not self.primary:
+        if not self.primary or self.folder is None:
             return
         conf = self.conf
         self.save_checkpoints(states)
@@ -135,17 +169,22 @@ class Recorder:
                 plots.client_distribution(accs, self.plot_path("client_accuracy"), title)
         summary = {"algorithm": conf.algorithm, "dataset": conf.data.dataset, "rounds": conf.server.rounds,
                    "rounds_run": rounds_run, "final": final, "final_round": last["round"] + 1 if last else None,
-                   "missing_clients": self.missing_clients(), "seconds": time.time() - self.started,
+                   "missing_clients": self.missing_clients(), "seconds": self.seconds(),
                    "seconds_per_round": self.seconds_per_round(), "folder": str(self.folder), "data": self.data_info,
                    **self.notes}
         files.write_json(self.folder / "summary.json", summary)
         if self.writer:
             self.writer.close()
-        files.write_json(self.folder / "status.json", {**status, "rounds": conf.server.rounds,
-                                                       "finished": time.ctime()})
+        status = {**status, "rounds": conf.server.rounds, "finished": time.ctime()}
+        files.write_json(self.folder / "status.json", status)
         _last_run["summary"] = summary
-        ended = "done" if status["state"] == "complete" else \
-            f"stopped after {rounds_run} of {conf.server.rounds} rounds ({status['reason']})"
+        if status["state"] == "complete":
+            ended = "done"
+        else:
+            _last_run["stopped"] = status
+            resumable = f"; resume continues after round {status['checkpoint_round']}" \
+                if status.get("checkpoint_round") else ""
+            ended = f"stopped after {rounds_run} of {conf.server.rounds} rounds ({status['reason']}{resumable})"
         self.log.info(f"{ended}: {self.headline(final)} | {summary['seconds']:.1f} s | {self.folder}")
 
     def fail(self, exc):
