@@ -133,7 +133,7 @@ class FederatedServer(BaseServer):
         if self.stop_reason is None:
             self.stop_reason = reason
             again = " (another SIGTERM/SIGINT stops at once)" if reason in SIGNAL_NAMES else ""
-            logger().info(f"{reason}: stopping after round {getattr(self, "_current_round", -1) + 1}{again}")
+            logger().info(f"{reason}: stopping after round {getattr(self, '_current_round', -1) + 1}{again}")
         super().stop()
 
     def should_stop(self):
