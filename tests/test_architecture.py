@@ -57,6 +57,8 @@ def test_every_import_between_parts_is_one_the_readme_allows():
         mine = part_of(path)
         for name in imported(path, top_level_only=False):
             theirs = name.split(".")[1] if name.count(".") else None
+            if theirs is not None and theirs not in parts:
+                theirs = "__init__"  # a name the package itself exports (`from fedcmd_plugin import __version__`)
             if theirs and theirs != mine and mine in rules and theirs not in rules[mine]:
                 breaches.add(f"{path.relative_to(REPO)} imports {name} ({mine} -> {theirs})")
     assert not breaches, "\n".join(sorted(breaches))
