@@ -182,7 +182,7 @@ class ServerService(server_grpc.ServerServiceServicer):
         outcome = {"state": "complete", "error": None}
         try:
             server.start(model, endpoints)
-            if server.rounds_run() < int(self.conf.server.rounds):
+            if server.rounds_done < int(self.conf.server.rounds):
                 outcome["state"] = "stopped"
         except BaseException as exc:  # the run's status says why; the service stays up for the next run
             outcome = {"state": "failed", "error": one_line(exc)}
@@ -192,7 +192,7 @@ class ServerService(server_grpc.ServerServiceServicer):
         recorder = getattr(server, "recorder", None)
         evaluation = getattr(server, "last_evaluation", None) or {}
         with self.lock:
-            self.state.update(outcome, finished=time.time(), round=server.rounds_run(),
+            self.state.update(outcome, finished=time.time(), round=getattr(server, "rounds_done", 0),
                               folder=str(recorder.folder) if recorder is not None and recorder.folder else None,
                               summary=evaluation.get("summary"))
         self.log.info(f"run {run_id} {outcome['state']}")
