@@ -4,6 +4,7 @@ Every key is checked against the defaults, so a typo or a wrong type is a one-li
 not a failure deep inside a run.
 """
 import difflib
+import functools
 import os
 from pathlib import Path
 
@@ -118,16 +119,19 @@ def easyfl_defaults_file():
     return Path(list(spec.submodule_search_locations)[0]) / "config.yaml"
 
 
+@functools.lru_cache(maxsize=1)
 def builtin_defaults():
-    """EasyFL's defaults with the plugin's defaults merged over them."""
+    """EasyFL's defaults with the plugin's defaults merged over them: read and merged once per process (the merge
+    costs seconds), so callers only read it; configs get copies (merging and assigning copy OmegaConf nodes)."""
     return OmegaConf.merge(OmegaConf.load(str(easyfl_defaults_file())), OmegaConf.load(str(PLUGIN_DEFAULTS)))
 
 
 def defaults():
-    """The built-in defaults plus the config sections that registered algorithms declare."""
+    """The built-in defaults plus the config sections that registered algorithms declare (read-only)."""
     from fedcmd_plugin.registry import algorithm_sections
 
-    return OmegaConf.merge(builtin_defaults(), algorithm_sections())
+    sections = algorithm_sections()
+    return OmegaConf.merge(builtin_defaults(), sections) if sections else builtin_defaults()
 
 
 def read_yaml(path, _seen=()):

@@ -1,6 +1,6 @@
 """Config loading: `extends:` chains, dotted overrides, and one-line errors naming the key or file."""
 import pytest
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from fedcmd_plugin import ConfigError, load_config
 from fedcmd_plugin.config import parse_overrides, read_yaml
@@ -236,3 +236,18 @@ def test_easyfl_keys_the_plugin_replaces_are_refused_with_what_to_use(override, 
 def test_test_mode_is_checked():
     with pytest.raises(ConfigError, match="'test_mode' must be one of test_in_client, test_in_server"):
         load_config(None, ["test_mode=test_in_cloud"])
+
+
+def test_configs_never_share_state_with_the_cached_defaults():
+    """The defaults are read once per process: changing one loaded or completed config changes no later one."""
+    from fedcmd_plugin.config import complete
+
+    first = load_config(None)
+    first.server.rounds = 12345
+    first.fedcmd.candidate_blocks = ["fc1"]
+    partial = OmegaConf.create({"algorithm": "fedavg"})
+    complete(partial)
+    partial.fedcmd.distance = "mean"
+    again = load_config(None)
+    assert again.server.rounds != 12345 and again.fedcmd.candidate_blocks is None
+    assert again.fedcmd.distance == "exact" and complete(OmegaConf.create({})).fedcmd.distance == "exact"
