@@ -66,7 +66,7 @@ POSITIVE = {
     "data.class_per_client", "data.alpha", "client.straggler_min_local_epoch",
     "fedcmd.max_values", "fedcmd.score_batches", "fedcmd.selection_rounds", "output.similarity_top_k",
     "feddyn.alpha", "ditto.personal_epochs", "fedfomo.models_per_round", "fedap.pretrain_rounds",
-    "evaluation.sample_clients",
+    "evaluation.sample_clients", "data.synthetic.features", "data.synthetic.classes", "data.synthetic.mean_samples",
     "fedureid.temperature", "fedureid.embedding_dim",
     "fedureid.patience", "fedureid.target_clusters", "fedureid.synthetic.edges", "fedureid.synthetic.identities",
     "fedureid.synthetic.test_identities", "fedureid.synthetic.cameras", "fedureid.synthetic.images_per_camera",
@@ -76,7 +76,7 @@ NON_NEGATIVE = {"client.finetune_epoch", "client.optimizer.lr", "client.optimize
                 "client.optimizer.weight_decay", "data.min_size", "gpu", "seed",
                 "distributed.world_size", "personalization.body_epochs", "personalization.warmup_rounds",
                 "num_threads", "server.save_model_every", "server.checkpoint_every", "fedprox.mu", "ditto.lambda",
-                "apfl.alpha_lr",
+                "apfl.alpha_lr", "data.synthetic.alpha", "data.synthetic.beta", "data.synthetic.size_sigma",
                 "fedureid.size_penalty", "fedureid.memory_momentum", "fedureid.precision_threshold"}  # world_size 0 is EasyFL's "not distributed"
 FRACTIONS = {"data.train_test_split", "server.join_ratio"}  # in (0, 1]
 OPEN_FRACTIONS = {"fedfomo.val_ratio"}  # in (0, 1)

@@ -278,10 +278,29 @@ def test_corrupt_cache_file_is_recomputed(cache_conf, damage):
     assert_same_parts(first, federated.cached_partition(cache_conf, labels))
     # ... and the cache is rewritten whole
     with np.load(file) as saved:
-        assert int(saved["clients"]) == len(first)
+        assert len(saved["train_sizes"]) == len(saved["test_sizes"]) == len(first)
 
 
 def test_cache_off_writes_nothing(cache_conf):
     cache_conf.data.cache = False
     federated.cached_partition(cache_conf, pooled_labels(per_class=40))
     assert cache_files(cache_conf) == []
+
+
+def test_client_tensors_hold_each_clients_samples_pooled_in_partition_order():
+    import torch
+
+    labels = pooled_labels(per_class=30)
+    images = np.random.default_rng(4).standard_normal((len(labels), 1, 2, 2)).astype(np.float32)
+    parts = [train for train, _ in make_partition(labels, "dir", 9, seed=5, alpha=0.3, min_size=4)]
+    ids = federated.client_ids(len(parts))
+    data = federated.ClientTensors.gather(images, labels, parts, ids)
+    assert data.total_size() == sum(len(p) for p in parts)
+    for cid, part in zip(ids, parts):
+        x, y = data.tensors(cid)
+        np.testing.assert_array_equal(x.numpy(), images[part])
+        np.testing.assert_array_equal(y.numpy(), labels[part])
+        assert data.client_size(cid) == len(part)
+        order = torch.randperm(len(part), generator=torch.Generator().manual_seed(1))
+        batches = list(data.batches(cid, 4, torch.Generator().manual_seed(1)))
+        np.testing.assert_array_equal(torch.cat([b[1] for b in batches]).numpy(), labels[part][order.numpy()])

@@ -7,17 +7,23 @@ from fedcmd_plugin.errors import ConfigError, PluginError
 from fedcmd_plugin.federation.client import FederatedClient
 from fedcmd_plugin.models import build_model
 
-DEFAULT_CLASSIFIER = "lenet5"
-ALIASES = {"auto": DEFAULT_CLASSIFIER, "lenet": "lenet5"}  # "lenet" is EasyFL's default model name
+ALIASES = {"lenet": "lenet5"}  # EasyFL's default model name
+
+
+def auto_model(info):
+    """`model: auto`: LeNet-5 for images, the MLP for feature vectors (data sets of vectors have image_size 1)."""
+    return "mlp" if info.image_size == 1 else "lenet5"
+
+
 PERSONAL = "personal."  # kept-state names of a client's own model beside the global one (Ditto, APFL)
 
 
 def classification_model(conf, info):
-    """The configured classifier for the data (`model: auto` = LeNet-5)."""
+    """The configured classifier for the data."""
     if info.task != "classification":
         raise ConfigError(f"algorithm {conf.algorithm!r} needs a classification data set; "
                           f"data.dataset {conf.data.dataset!r} is a {info.task} data set")
-    name = ALIASES.get(conf.model, conf.model)
+    name = auto_model(info) if conf.model == "auto" else ALIASES.get(conf.model, conf.model)
     return build_model(name, info.in_channels, info.num_classes, info.image_size)
 
 

@@ -9,6 +9,7 @@ import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,12 +21,12 @@ from fedcmd_plugin.data.partition import label_histograms, make_partition
 from fedcmd_plugin.data.sources import READER_OPTIONS, READERS, load_images
 from fedcmd_plugin.errors import ConfigError, DataError
 
-PARTITION_FORMAT = 4  # bump when the partition algorithm changes so old caches are not reused
+PARTITION_FORMAT = 5  # bump when the partition algorithm changes so old caches are not reused
 
 
 @dataclass
 class DataInfo:
-    """What a model builder needs to know about the data."""
+    """What a model builder needs to know about the data (feature vectors: in_channels features, image_size 1)."""
     in_channels: int
     image_size: int
     num_classes: int
@@ -38,7 +39,7 @@ class FederatedData:
     test: "FederatedDataset"
     info: DataInfo
     summary: str = ""
-    client_rows: list = field(default_factory=list)  # one dict per client for partition.csv
+    client_rows: Sequence = ()  # one dict per client for partition.csv
     extras: dict = field(default_factory=dict)  # data-set specific objects (e.g. ReID gallery/query)
 
 
@@ -72,23 +73,41 @@ class ClientDataset(FederatedDataset):
 
 
 class ClientTensors(ClientDataset):
-    """Per-client tensors behind EasyFL's FederatedDataset interface."""
+    """Every client's samples behind EasyFL's FederatedDataset interface, held as one pooled tensor pair with the
+    clients' rows in order (client i: rows offsets[i]:offsets[i + 1]), so 100,000 clients cost two tensors and an
+    offset array, and a client's tensors are views."""
 
-    def __init__(self, images, labels, parts, ids):
+    def __init__(self, x, y, sizes, ids):
         super().__init__(ids)
-        self._x = {cid: torch.from_numpy(images[p]) for cid, p in zip(self._ids, parts)}
-        self._y = {cid: torch.from_numpy(labels[p]) for cid, p in zip(self._ids, parts)}
+        if len(sizes) != len(self._ids) or int(np.sum(sizes)) != len(y) or len(x) != len(y):
+            raise ValueError(f"{len(self._ids)} clients of {list(sizes)[:5]}... samples do not cover {len(y)} rows")
+        self._x, self._y = torch.as_tensor(x), torch.as_tensor(y)
+        self._offsets = np.concatenate(([0], np.cumsum(sizes, dtype=np.int64)))
+        self._row = {cid: i for i, cid in enumerate(self._ids)}
         self._on_device = {}
 
+    @classmethod
+    def gather(cls, images, labels, parts, ids):
+        """Client i holds images[parts[i]] (one copy of the samples for all clients together)."""
+        order = np.concatenate(parts) if len(parts) else np.empty(0, dtype=np.int64)
+        return cls(images[order], labels[order], [len(p) for p in parts], ids)
+
     def client_size(self, cid):
-        return len(self._y[cid])
+        i = self._row[cid]
+        return int(self._offsets[i + 1] - self._offsets[i])
+
+    def total_size(self):
+        return int(self._offsets[-1])
 
     def tensors(self, cid, device="cpu"):
-        """The client's (x, y), moved to `device` once and kept there."""
-        key = (cid, str(device))
+        """The client's (x, y): views of the pooled tensors, which move to `device` once and stay there."""
+        key = str(device)
         if key not in self._on_device:
-            self._on_device[key] = (self._x[cid].to(device), self._y[cid].to(device))
-        return self._on_device[key]
+            self._on_device[key] = (self._x.to(device), self._y.to(device))
+        x, y = self._on_device[key]
+        i = self._row[cid]
+        start, end = int(self._offsets[i]), int(self._offsets[i + 1])
+        return x[start:end], y[start:end]
 
     def batches(self, cid, batch_size, generator=None, device="cpu", min_last=1, indices=None):
         """Batches of client `cid` (only its samples at `indices` when given): a seeded shuffle when `generator`
@@ -141,8 +160,8 @@ def cached_partition(conf, labels, writers=None):
     if d.cache and file.is_file():
         try:
             with np.load(file) as saved:
-                count = int(saved["clients"])
-                return [(saved[f"train{i}"], saved[f"test{i}"]) for i in range(count)]
+                return list(zip(*(np.split(saved[part], np.cumsum(saved[f"{part}_sizes"])[:-1])
+                                  for part in ("train", "test"))))
         except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
             pass  # an unreadable cache is recomputed and rewritten
     parts = make_partition(labels, d.split_type, d.num_of_clients, conf.seed, alpha=d.alpha, min_size=d.min_size,
@@ -154,11 +173,14 @@ def cached_partition(conf, labels, writers=None):
 
 
 def save_partition(file, parts):
-    """Atomic write: a crash never leaves a truncated cache that a later run would trust."""
+    """Each split's indices pooled with the clients' sizes (two arrays per split, not per client, so 10,000 clients
+    load in milliseconds); written atomically, so a crash never leaves a truncated cache that a later run trusts."""
     file.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {"clients": np.array(len(parts))}
-    for i, (train, test) in enumerate(parts):
-        arrays[f"train{i}"], arrays[f"test{i}"] = train, test
+    arrays = {}
+    for position, part in enumerate(("train", "test")):
+        pieces = [p[position] for p in parts]
+        arrays[part] = np.concatenate(pieces) if pieces else np.empty(0, dtype=np.int64)
+        arrays[f"{part}_sizes"] = np.array([len(p) for p in pieces], dtype=np.int64)
     fd, tmp = tempfile.mkstemp(dir=file.parent, suffix=".npz")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -169,22 +191,32 @@ def save_partition(file, parts):
         raise
 
 
-def summarise(name, labels, parts, ids, num_classes, client_writers=None):
-    """A short text summary and the full per-client rows (samples and label histogram, and the writer of each
-    client of a natural partition)."""
-    train_hist = label_histograms(labels, [p[0] for p in parts], num_classes)
-    test_hist = label_histograms(labels, [p[1] for p in parts], num_classes)
-    rows = []
-    for i, cid in enumerate(ids):
-        hist = train_hist[i] + test_hist[i]
-        writer = {"writer": client_writers[i]} if client_writers else {}
-        rows.append({"client": cid, **writer, "train": int(train_hist[i].sum()), "test": int(test_hist[i].sum()),
-                     "classes": int((hist > 0).sum()), **{f"label_{c}": int(hist[c]) for c in range(num_classes)}})
-    sizes = np.array([r["train"] + r["test"] for r in rows])
-    classes = np.array([r["classes"] for r in rows])
-    summary = (f"{name}: {len(labels)} samples, {len(ids)} clients, samples per client min/median/max "
+class ClientRows(Sequence):
+    """partition.csv's rows, one dict per client, made on demand from the clients x classes histograms of each split
+    (a list of 100,000 dicts would outweigh the clients' data)."""
+
+    def __init__(self, ids, train_hist, test_hist, writers=None):
+        self.ids, self.train_hist, self.hist, self.writers = ids, train_hist, train_hist + test_hist, writers
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        hist, train = self.hist[i].tolist(), int(self.train_hist[i].sum())
+        writer = {"writer": self.writers[i]} if self.writers else {}
+        return {"client": self.ids[i], **writer, "train": train, "test": sum(hist) - train,
+                "classes": sum(1 for n in hist if n), **{f"label_{c}": n for c, n in enumerate(hist)}}
+
+
+def summarise(name, ids, train_hist, test_hist, client_writers=None):
+    """A short text summary and the per-client rows (samples and label histogram, from the clients x classes
+    histograms of each split, and the writer of each client of a natural partition)."""
+    sizes, classes = (train_hist + test_hist).sum(axis=1), ((train_hist + test_hist) > 0).sum(axis=1)
+    summary = (f"{name}: {int(sizes.sum())} samples, {len(ids)} clients, samples per client min/median/max "
                f"{sizes.min()}/{int(np.median(sizes))}/{sizes.max()}, classes per client mean {classes.mean():.1f}")
-    return summary, rows
+    return summary, ClientRows(ids, train_hist, test_hist, client_writers)
 
 
 def check_nonempty(ids, parts, with_test):
@@ -207,11 +239,12 @@ def build_image_classification(conf):
     parts = cached_partition(conf, arrays.labels, arrays.writers)
     ids = client_ids(len(parts))
     check_nonempty(ids, parts, conf.data.train_test_split < 1)
-    train = ClientTensors(arrays.images, arrays.labels, [p[0] for p in parts], ids)
-    test = ClientTensors(arrays.images, arrays.labels, [p[1] for p in parts], ids)
+    train = ClientTensors.gather(arrays.images, arrays.labels, [p[0] for p in parts], ids)
+    test = ClientTensors.gather(arrays.images, arrays.labels, [p[1] for p in parts], ids)
     channels, height, _ = arrays.shape
     client_writers = [arrays.writer_names[arrays.writers[np.concatenate(p)[0]]] for p in parts] if natural else None
-    summary, rows = summarise(conf.data.dataset, arrays.labels, parts, ids, arrays.num_classes, client_writers)
+    train_hist, test_hist = (label_histograms(arrays.labels, [p[i] for p in parts], arrays.num_classes) for i in (0, 1))
+    summary, rows = summarise(conf.data.dataset, ids, train_hist, test_hist, client_writers)
     if natural:
         summary += f", one writer each ({len(ids)} of {len(arrays.writer_names)} writers)"
     return FederatedData(train, test, DataInfo(channels, height, arrays.num_classes), summary, rows)

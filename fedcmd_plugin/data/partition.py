@@ -116,13 +116,20 @@ def partition_natural(writers, num_clients, min_size, rng):
     return [by_writer[w] for w in np.sort(rng.choice(eligible, num_clients, replace=False))]
 
 
+def train_count(sizes, train_fraction):
+    """Training samples of clients holding `sizes` samples (an int or an array): round(size x fraction), at least 1
+    and at most size - 1 when the split keeps a test part, so both parts are non-empty from 2 samples on (a single
+    sample goes to training)."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    cut = np.rint(sizes * train_fraction).astype(np.int64)
+    upper = np.where((train_fraction < 1) & (sizes >= 2), sizes - 1, sizes)
+    return np.where(sizes >= 1, np.clip(cut, 1, upper), 0)
+
+
 def split_train_test(indices, train_fraction, rng):
-    """One client's samples split into its own train and test parts (both non-empty when it has >= 2 samples; a
-    single sample goes to training)."""
+    """One client's samples split into its own train and test parts (`train_count` of them train)."""
     shuffled = rng.permutation(indices)
-    cut = int(round(len(shuffled) * train_fraction))
-    if len(shuffled) >= 1:
-        cut = min(max(cut, 1), len(shuffled) - 1 if train_fraction < 1 and len(shuffled) >= 2 else len(shuffled))
+    cut = int(train_count(len(shuffled), train_fraction))
     return np.sort(shuffled[:cut]), np.sort(shuffled[cut:])
 
 
@@ -149,4 +156,12 @@ def make_partition(labels, split_type, num_clients, seed, alpha=0.1, min_size=10
 
 def label_histograms(labels, parts, num_classes):
     """clients x classes counts of the given per-client index arrays."""
-    return np.stack([np.bincount(labels[p], minlength=num_classes) for p in parts]) if parts else np.zeros((0, num_classes))
+    pooled = labels[np.concatenate(parts)] if len(parts) else labels[:0]
+    return pooled_histograms(pooled, [len(p) for p in parts], num_classes)
+
+
+def pooled_histograms(labels, sizes, num_classes):
+    """clients x classes counts of labels pooled client by client (client i holds the next sizes[i] labels)."""
+    owner = np.repeat(np.arange(len(sizes)), sizes)
+    counts = np.bincount(owner * num_classes + labels, minlength=len(sizes) * num_classes)
+    return counts.reshape(len(sizes), num_classes)

@@ -10,11 +10,13 @@ from fedcmd_plugin.errors import ConfigError
 from fedcmd_plugin.models.blocks import BlockNet
 from fedcmd_plugin.models.cnn import SmallCNN
 from fedcmd_plugin.models.lenet import LeNet5
+from fedcmd_plugin.models.mlp import MLP
 
 MODELS = {
     "lenet5": LeNet5,
     "lenet5_bn": partial(LeNet5, batch_norm=True),
     "cnn": SmallCNN,
+    "mlp": MLP,
 }
 
 
@@ -37,4 +39,4 @@ def build_model(name, in_channels, num_classes, image_size):
     return MODELS[name](in_channels=in_channels, num_classes=num_classes, image_size=image_size)
 
 
-__all__ = ["BlockNet", "LeNet5", "SmallCNN", "MODELS", "build_model", "has_batch_norm", "register_model_builder"]
+__all__ = ["BlockNet", "LeNet5", "MLP", "SmallCNN", "MODELS", "build_model", "has_batch_norm", "register_model_builder"]

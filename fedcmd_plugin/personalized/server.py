@@ -21,7 +21,7 @@ class PersonalizedServer(FederatedServer):
     def setup(self, model, clients):
         if not hasattr(model, "block_names"):
             raise ConfigError(f"algorithm {self.conf.algorithm!r} needs a model made of named blocks "
-                              f"(lenet5, lenet5_bn, cnn); config key 'model' is {self.conf.model!r}")
+                              f"(lenet5, lenet5_bn, cnn, mlp); config key 'model' is {self.conf.model!r}")
         self.block_names = list(model.block_names)
         self.block_of = model.block_of
         self.state_keys = list(model.state_dict())
