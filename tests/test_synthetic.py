@@ -126,3 +126,22 @@ def test_a_hundred_thousand_devices_are_two_pooled_tensors(tmp_path):
     assert len(data.test.users) == 100000 and data.train.total_size() == 100000
     pool = data.train.tensors("c000")[0].untyped_storage().data_ptr()
     assert data.train.tensors("c99999")[0].untyped_storage().data_ptr() == pool  # views of one tensor
+
+
+@pytest.mark.parametrize("algorithm", ["fedavg", "fedper", pytest.param("fedcmd", marks=pytest.mark.slow)])  # POT, scoring: ~5 s
+def test_algorithms_run_on_synthetic_end_to_end(tmp_run_dir, algorithm):
+    import json
+
+    from fedcmd_plugin.cli import run_experiment
+
+    from conftest import CONFIGS
+
+    result = run_experiment(load_config(CONFIGS / f"{algorithm}_synthetic.yaml", [
+        "data.num_of_clients=8", "data.synthetic.mean_samples=24", "server.rounds=3", "server.clients_per_round=4",
+        "server.test_every=3", "client.local_epoch=1", "parallel.workers=1", "output.progress=false",
+        "output.tensorboard=false", "output.save_fig=false", "num_threads=1", *tmp_run_dir]))
+    folder, final = result["folder"], result["summary"]["final"]
+    assert json.loads((folder / "status.json").read_text())["state"] == "complete"
+    assert final["evaluated_clients"] == 8 and 0 <= final["accuracy"] <= 100
+    if algorithm == "fedcmd":
+        assert result["summary"]["personal_block"] in ("fc1", "fc2", "classifier")
