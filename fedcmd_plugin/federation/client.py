@@ -35,8 +35,9 @@ class FederatedClient(BaseClient):
         self.round_stats = {}
 
     def attach(self, model, initial_state):
-        """Share the process's workspace model (one per process, not one per client) and the initial state."""
-        self.model = model
+        """Share the process's workspace model (one per process, not one per client, moved to the client's device
+        here once) and the initial state."""
+        self.model = model.to(self.device)
         self.initial_state = initial_state
 
     def personal_keys(self, dispatch):
@@ -49,17 +50,24 @@ class FederatedClient(BaseClient):
         state.update(dispatch.state)
         state.update(model_entries(self.kept, self.initial_state))
         self.model.load_state_dict(state)
-        self.model.to(self.device)
 
     def run_round(self, dispatch):
         started = time.time()
-        self.download(dispatch)
-        self.pre_train()
-        self.train(self.conf, self.device)
-        self.post_train()
-        upload = self.make_upload(dispatch)
+        try:
+            self.download(dispatch)
+            self.pre_train()
+            self.train(self.conf, self.device)
+            self.post_train()
+            upload = self.make_upload(dispatch)
+        finally:
+            self.release()
         upload.meta["train_seconds"] = time.time() - started
         return upload
+
+    def release(self):
+        """Forget what the round's work needed once it is done: client objects live for the whole run, and 10,000
+        evaluated clients holding their dispatch would hold 10,000 copies of the model."""
+        self.dispatch = None
 
     def local_epochs(self, dispatch):
         return int(dispatch.meta.get("local_epoch", self.conf.local_epoch))
@@ -144,8 +152,11 @@ class FederatedClient(BaseClient):
 
     def evaluate(self, dispatch, splits=("test",)):
         """Accuracy and loss of the client's personalised model on its own splits."""
-        model = self.personalised_model(dispatch)
-        model.eval()
-        with torch.no_grad():
-            return measure(model, {"test": self.test_data, "train": self.train_data}, self.cid, splits,
-                           self.conf.test_batch_size, self.device)
+        try:
+            model = self.personalised_model(dispatch)
+            model.eval()
+            with torch.no_grad():
+                return measure(model, {"test": self.test_data, "train": self.train_data}, self.cid, splits,
+                               self.conf.test_batch_size, self.device)
+        finally:
+            self.release()

@@ -15,6 +15,10 @@ class PersonalizedClient(FederatedClient):
         keys = self.signature_keys(dispatch)
         self.signature_start = agg.row_matrix(self.model.state_dict(), keys).clone() if keys else None
 
+    def release(self):
+        super().release()
+        self.signature_start = None
+
     def signature_keys(self, dispatch):
         return list(dispatch.meta.get("signature_keys", []))
 
