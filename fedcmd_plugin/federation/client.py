@@ -35,9 +35,9 @@ class FederatedClient(BaseClient):
         self.round_stats = {}
 
     def attach(self, model, initial_state):
-        """Share the process's workspace model (one per process, not one per client, moved to the client's device
-        here once) and the initial state."""
-        self.model = model.to(self.device)
+        """Share the process's workspace model (one per process, not one per client; whoever builds it moves it to
+        the clients' device once) and the initial state."""
+        self.model = model
         self.initial_state = initial_state
 
     def personal_keys(self, dispatch):
