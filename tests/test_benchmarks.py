@@ -17,6 +17,7 @@ BENCHMARKS = {
     "fedureid_table.py": [],
     "fedcmd_sweep.py": ["--work", "{tmp}/work"],
     "fedcmd_selection.py": ["--work", "{tmp}/work"],
+    "scale.py": [],
 }
 
 
