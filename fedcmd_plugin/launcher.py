@@ -16,11 +16,10 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from fedcmd_plugin.errors import PluginError
-from fedcmd_plugin.federation.stopping import STOP_SIGNALS
+from fedcmd_plugin.federation.stopping import handling
 
 RANK_COMMAND = (sys.executable, "-m", "fedcmd_plugin")  # what each rank runs, followed by `run ...`
 STOP_GRACE = 10.0  # seconds a stopped rank gets to exit before it is killed
@@ -63,7 +62,6 @@ def launch(nproc, arguments):
                      f"(every rank's log: {logs})")
 
 
-@contextmanager
 def forwarding_stop_signals(processes, forwarded):
     """SIGTERM/SIGINT sent to the launcher reach every rank, which checkpoints after its current round and stops
     itself; each signal forwarded is appended to `forwarded`."""
@@ -73,12 +71,7 @@ def forwarding_stop_signals(processes, forwarded):
             if process.poll() is None:
                 process.send_signal(number)
 
-    previous = {number: signal.signal(number, forward) for number in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+    return handling(forward)
 
 
 def first_failure(processes, forwarded=()):

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from processes import Processes, free_port, run
+from pytest import approx
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "fedavg_digits.yaml"
@@ -104,3 +105,17 @@ class Trap:
 
     def __reduce__(self):
         return (open, (self.path, "w"))
+
+
+def assert_matches_standalone(remote, tmp_path, extra=()):
+    """The same config in standalone mode gives the remote run's per-client results, round by round."""
+    standalone = run([sys.executable, "-m", "fedcmd_plugin", "run", CONFIG, *RUN, *extra,
+                      f"output.root={tmp_path / 'runs'}", f"data.root={tmp_path / 'data'}"], RUN_TIMEOUT, cwd=tmp_path)
+    assert standalone.returncode == 0, standalone.stderr
+    (local,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
+    remote_rows, local_rows = client_rows(remote), client_rows(local)
+    assert len(remote_rows) == len(local_rows) == 4
+    for mine, theirs in zip(remote_rows, local_rows):
+        assert (mine["round"], mine["cid"], mine["test_correct"]) == (theirs["round"], theirs["cid"],
+                                                                       theirs["test_correct"])
+        assert float(mine["test_loss"]) == approx(float(theirs["test_loss"]), rel=1e-5)

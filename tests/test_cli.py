@@ -25,6 +25,7 @@ def assert_one_line_error(result, *fragments):
     return lines[0]
 
 
+@pytest.mark.slow
 def test_run_with_overrides_writes_a_complete_run_folder(run_cli, tmp_run_dir):
     result = run_cli("run", CONFIGS / "fedavg_digits.yaml", *FAST, "seed=3", *tmp_run_dir)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -18,7 +18,7 @@ def run(name, tmp_run_dir, *extra):
     return run_experiment(load_config(CONFIGS / f"{name}_digits.yaml", [*SHORT, *tmp_run_dir, *extra]))
 
 
-@pytest.mark.parametrize("aggregation", ["reference", "round"])
+@pytest.mark.parametrize("aggregation", ["reference", pytest.param("round", marks=pytest.mark.slow)])
 def test_personal_layer_is_kept_and_differs_across_clients(tmp_run_dir, aggregation):
     result = run("fedcmd", tmp_run_dir, "fedcmd.selection_rounds=3", f"fedcmd.aggregation={aggregation}")
     folder = result["folder"]

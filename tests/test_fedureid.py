@@ -1,6 +1,7 @@
 """FedUReID end to end on a tiny generated data set, and its cloud-side personalised update."""
 import json
 
+import pytest
 import torch
 
 from fedcmd_plugin import aggregate
@@ -20,6 +21,7 @@ def run(name, tmp_run_dir, *extra):
     return run_experiment(load_config(CONFIGS / f"{name}_synthetic.yaml", [*TINY, *tmp_run_dir, *extra]))
 
 
+@pytest.mark.slow
 def test_two_rounds_improve_mean_map_over_the_untrained_model(tmp_run_dir):
     result = run("fedureid", tmp_run_dir)
     rows = json.loads((result["folder"] / "metrics.json").read_text())

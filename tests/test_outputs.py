@@ -75,6 +75,7 @@ def test_load_run_gives_the_models_the_run_evaluated(small_digits_config):
             assert torch.equal(run.model()(x), run.model(cid)(x))
 
 
+@pytest.mark.slow
 def test_compare_puts_runs_side_by_side(small_digits_config, tmp_run_dir, capsys):
     folders = [run_experiment(small_digits_config(algorithm=a, server__rounds=r))["folder"]
                for a, r in (("fedavg", 2), ("local", 1))]

@@ -32,6 +32,7 @@ def test_every_method_has_the_papers_protocol_at_each_alpha(alpha):
         assert selection_rounds(conf) == 20  # the paper selects during its first 20 rounds
 
 
+@pytest.mark.slow
 def test_mnist_runs_from_a_local_idx_folder_with_the_same_configs(tmp_run_dir):
     rng = np.random.default_rng(0)
     mnist = tmp_run_dir.path / "mnist"

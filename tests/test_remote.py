@@ -18,7 +18,7 @@ from easyfl.pb import client_service_pb2_grpc as client_grpc
 from easyfl.pb import common_pb2 as common_pb
 from processes import free_port, run
 from remote_helpers import (CONFIG, OPERATOR, REPO, RUN, RUN_TIMEOUT, START_TIMEOUT, Cluster, Trap, assert_complete,
-                            client_rows, read_json, services)
+                            assert_matches_standalone, client_rows, read_json, services)
 
 from fedcmd_plugin.federation.messages import Upload
 
@@ -33,6 +33,7 @@ def cluster(tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------------- loopback runs
+@pytest.mark.slow
 def test_loopback_run_matches_standalone(cluster, tmp_path):
     result = cluster.trigger()
     assert result.returncode == 0, f"trigger failed:\n{result.stdout}\n{result.stderr}\n{cluster.logs()}"
@@ -44,20 +45,6 @@ def test_loopback_run_matches_standalone(cluster, tmp_path):
     assert (folders[0] / "checkpoints" / "global.pt").is_file()
     assert str(folders[0]) in result.stdout
     assert_matches_standalone(folders[0], tmp_path)
-
-
-def assert_matches_standalone(remote, tmp_path, extra=()):
-    """The same config in standalone mode gives the remote run's per-client results, round by round."""
-    standalone = run([sys.executable, "-m", "fedcmd_plugin", "run", CONFIG, *RUN, *extra,
-                      f"output.root={tmp_path / 'runs'}", f"data.root={tmp_path / 'data'}"], RUN_TIMEOUT, cwd=tmp_path)
-    assert standalone.returncode == 0, standalone.stderr
-    (local,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
-    remote_rows, local_rows = client_rows(remote), client_rows(local)
-    assert len(remote_rows) == len(local_rows) == 4
-    for mine, theirs in zip(remote_rows, local_rows):
-        assert (mine["round"], mine["cid"], mine["test_correct"]) == (theirs["round"], theirs["cid"],
-                                                                       theirs["test_correct"])
-        assert float(mine["test_loss"]) == pytest.approx(float(theirs["test_loss"]), rel=1e-5)
 
 
 @pytest.mark.slow
@@ -80,6 +67,7 @@ def test_state_kept_beside_the_model_stays_on_the_clients_and_matches_standalone
     assert_matches_standalone(folder, tmp_path, extra)
 
 
+@pytest.mark.slow
 def test_easyfl_stub_triggers_run_and_model_field_is_never_unpickled(cluster, tmp_path):
     from easyfl.communication import grpc_wrapper
     from easyfl.pb import common_pb2, server_service_pb2
@@ -180,6 +168,7 @@ def test_trigger_fails_with_one_line_when_no_client_answers(tmp_path):
     assert read_json(folder / "status.json")["state"] == "failed"
 
 
+@pytest.mark.slow
 def test_stop_ends_the_run_and_its_folder_says_stopped(cluster):
     """Stop right after Run: the run ends after the round in progress (or before the first), and neither the
     server's status nor the run folder calls it complete."""

@@ -1,17 +1,7 @@
 """FedFomo and FedAP in remote mode: what they send and upload beyond the model (other clients' models, weights,
 BatchNorm statistics) passes the server's checks, and the loopback run equals the standalone one."""
-import subprocess
-import sys
-
 import pytest
-from remote_helpers import (
-    CONFIG,
-    RUN,
-    RUN_TIMEOUT,
-    Cluster,
-    assert_complete,
-    client_rows,
-)
+from remote_helpers import Cluster, assert_complete, assert_matches_standalone
 
 CASES = {
     "fedfomo": ["algorithm=fedfomo"],  # round 2 sends each client the other's model
@@ -34,15 +24,4 @@ def test_loopback_run_matches_standalone(algorithm, tmp_path):
     finally:
         cluster.processes.stop()
 
-    standalone = subprocess.run([sys.executable, "-m", "fedcmd_plugin", "run", CONFIG, *RUN, *CASES[algorithm],
-                                 f"output.root={tmp_path / 'runs'}", f"data.root={tmp_path / 'data'}"],
-                                cwd=tmp_path, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False,
-                                stdin=subprocess.DEVNULL)
-    assert standalone.returncode == 0, standalone.stderr
-    (local,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
-    remote_rows, local_rows = client_rows(folder), client_rows(local)
-    assert len(remote_rows) == len(local_rows) == 4
-    for mine, theirs in zip(remote_rows, local_rows):
-        assert (mine["round"], mine["cid"], mine["test_correct"]) == (theirs["round"], theirs["cid"],
-                                                                       theirs["test_correct"])
-        assert float(mine["test_loss"]) == pytest.approx(float(theirs["test_loss"]), rel=1e-5)
+    assert_matches_standalone(folder, tmp_path, CASES[algorithm])

@@ -39,12 +39,19 @@ def stop_on_signals(request_stop):
         elif time.monotonic() - first[0] > SAME_REQUEST_SECONDS:
             raise RunInterrupted(name)
 
-    previous = {number: signal.signal(number, handle) for number in STOP_SIGNALS}
+    with handling(handle):
+        yield
+
+
+@contextmanager
+def handling(handler):
+    """`handler(number, frame)` for SIGTERM and SIGINT within the block; the previous handlers come back after it."""
+    previous = {number: signal.signal(number, handler) for number in STOP_SIGNALS}
     try:
         yield
     finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+        for number, old in previous.items():
+            signal.signal(number, old)
 
 
 def exit_status(name):
