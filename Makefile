@@ -4,7 +4,7 @@
 #   make install    create .venv, install torch (pinned, once) and then the project with its test extras
 #   make test       the fast test suite (what CI runs)
 #   make test-all   every test, including those marked slow
-#   make test-slow  only the slow end-to-end tests (CI runs them after `make test`)
+#   make test-slow  only the slow end-to-end tests (kill -9 resumes, ranks, loopback clusters, benchmarks)
 #   make run        the main experiment
 #   make bench      the round-overhead benchmark (quick mode)
 #   make clean      remove build output, caches, EasyFL's logs/ and cached partitions (keeps runs/ and .venv;
