@@ -119,3 +119,20 @@ def assert_matches_standalone(remote, tmp_path, extra=()):
         assert (mine["round"], mine["cid"], mine["test_correct"]) == (theirs["round"], theirs["cid"],
                                                                        theirs["test_correct"])
         assert float(mine["test_loss"]) == approx(float(theirs["test_loss"]), rel=1e-5)
+
+
+def one_remote_run(tmp_path, extra):
+    """A fresh loopback cluster runs the config once with `extra` overrides and is stopped: the run folder and its
+    metric rows, after checking the run completed with both clients answering and no upload rejected."""
+    cluster = Cluster(tmp_path / "remote", extra=extra)
+    cluster.folder.mkdir()
+    try:
+        cluster.start()
+        result = cluster.trigger()
+        assert result.returncode == 0, f"trigger failed:\n{result.stdout}\n{result.stderr}\n{cluster.logs()}"
+        (folder,) = cluster.run_folders()
+        metrics = assert_complete(folder)
+        assert all(row["clients"] == 2 and "rejected_uploads" not in row for row in metrics), cluster.logs()
+    finally:
+        cluster.processes.stop()
+    return folder, metrics

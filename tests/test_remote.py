@@ -18,7 +18,7 @@ from easyfl.pb import client_service_pb2_grpc as client_grpc
 from easyfl.pb import common_pb2 as common_pb
 from processes import free_port, run
 from remote_helpers import (CONFIG, OPERATOR, REPO, RUN, RUN_TIMEOUT, START_TIMEOUT, Cluster, Trap, assert_complete,
-                            assert_matches_standalone, client_rows, read_json, services)
+                            assert_matches_standalone, client_rows, one_remote_run, read_json, services)
 
 from fedcmd_plugin.federation.messages import Upload
 
@@ -51,19 +51,9 @@ def test_loopback_run_matches_standalone(cluster, tmp_path):
 def test_state_kept_beside_the_model_stays_on_the_clients_and_matches_standalone(tmp_path):
     """APFL: each client keeps its local model and mixing weight (never sent) and is tested with the mixture."""
     extra = ["algorithm=apfl"]
-    cluster = Cluster(tmp_path / "remote", extra=extra)
-    cluster.folder.mkdir()
-    try:
-        cluster.start()
-        result = cluster.trigger()
-        assert result.returncode == 0, f"trigger failed:\n{result.stdout}\n{result.stderr}\n{cluster.logs()}"
-        (folder,) = cluster.run_folders()
-        metrics = assert_complete(folder)
-        assert all(row["clients"] == 2 and "rejected_uploads" not in row for row in metrics)
-        assert all("alpha_mean" in row for row in metrics)  # the clients' meta reached the server
-        assert not (folder / "checkpoints" / "clients.pt").exists()  # the personal models never left the clients
-    finally:
-        cluster.processes.stop()
+    folder, metrics = one_remote_run(tmp_path, extra)
+    assert all("alpha_mean" in row for row in metrics)  # the clients' meta reached the server
+    assert not (folder / "checkpoints" / "clients.pt").exists()  # the personal models never left the clients
     assert_matches_standalone(folder, tmp_path, extra)
 
 

@@ -1,6 +1,7 @@
 """How the server reaches its clients: any `Fleet`. `LocalFleet`: client objects in this process (standalone and
 distributed mode). Whoever starts a run elsewhere (remote mode: gRPC client services) hands its own fleet to the
-server before the run starts; the round never knows which it has."""
+server before the run starts; the round never knows which it has. A fleet with a message size limit also has
+`check_room(state, models)`, which refuses a run whose dispatches of `models` such states it cannot carry."""
 from typing import Protocol
 
 

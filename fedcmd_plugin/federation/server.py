@@ -84,7 +84,6 @@ class FederatedServer(BaseServer):
         room = getattr(self.fleet, "check_room", None)  # fleets with a message size limit (remote mode)
         if room:
             room(self.initial_state, self.models_per_dispatch())
-        self.last_evaluation = None
         self.selected_clients, self.stragglers = [], {}
         if self.resumed:
             saved = self.resumed
@@ -125,6 +124,12 @@ class FederatedServer(BaseServer):
 
     def finish(self):
         self.recorder.finish(self.model_states())
+
+    @property
+    def last_evaluation(self):
+        """{"round", "summary", "clients"} of the latest evaluation (the recorder's; None before the first)."""
+        recorder = getattr(self, "recorder", None)
+        return recorder.last_evaluation if recorder is not None else None
 
     # ----- stopping, checkpoints and resuming -------------------------------------------------------------------
     def stop(self, reason="stop requested"):
@@ -178,7 +183,7 @@ class FederatedServer(BaseServer):
         kept = {cid: self.fleet.kept(cid) for cid in self.client_order}
         checkpoint.write(self.recorder.folder, self.conf, self.rounds_done, {
             "global": self._model.state_dict(), "kept": {cid: state for cid, state in kept.items() if state},
-            "last_evaluation": self.last_evaluation, "algorithm": self.algorithm_state(),
+            "algorithm": self.algorithm_state(),
             "recorder": self.recorder.state()})
         self.checkpoint_round = self.rounds_done
 
@@ -188,7 +193,6 @@ class FederatedServer(BaseServer):
         model.load_state_dict(saved["global"])
         for cid, kept in saved["kept"].items():
             self.fleet.set_kept(cid, kept)
-        self.last_evaluation = saved["last_evaluation"]
         self.load_algorithm_state(saved["algorithm"])
         checkpoint.restore_generators(saved["generators"])
         self.rounds_done = self.checkpoint_round = saved["round"]
@@ -379,7 +383,6 @@ class FederatedServer(BaseServer):
             summary["accuracy_ci95_low"], summary["accuracy_ci95_high"] = sampled_accuracy_interval(
                 [r["test_correct"] for r in rows], [r["test_total"] for r in rows], population)
             summary["sampled_from"] = population
-        self.last_evaluation = {"round": self._current_round, "summary": summary, "clients": results}
         self.recorder.log_evaluation(self._current_round, summary, results)
         self.bar.set_postfix_str(self.recorder.headline(summary), refresh=False)
 

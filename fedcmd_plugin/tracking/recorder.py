@@ -184,7 +184,7 @@ class Recorder:
             _last_run["stopped"] = status
             resumable = f"; resume continues after round {status['checkpoint_round']}" \
                 if status.get("checkpoint_round") else ""
-            ended = f"stopped after {rounds_run} of {conf.server.rounds} rounds ({status['reason']}{resumable})"
+            ended = f"stopped after {rounds_run} of {conf.server.rounds} rounds ({status['reason']}){resumable}"
         self.log.info(f"{ended}: {self.headline(final)} | {summary['seconds']:.1f} s | {self.folder}")
 
     def fail(self, exc):
@@ -201,11 +201,11 @@ class Recorder:
         self.scalars(round_index, "round", values)
 
     def log_evaluation(self, round_index, summary, results):
+        self.last_evaluation = {"round": round_index, "summary": summary, "clients": results}  # on every rank
         if not self.primary:
             return
         self.rounds.setdefault(round_index, {"round": round_index + 1}).update(summary)
         self.client_rows.extend({"round": round_index + 1, **r} for r in results)
-        self.last_evaluation = {"round": round_index, "summary": summary, "clients": results}
         self.scalars(round_index, "eval", summary)
         if self.writer:
             accs = [r["test_accuracy"] for r in results if "test_accuracy" in r]
