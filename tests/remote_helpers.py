@@ -35,8 +35,9 @@ class Cluster:
     """A server and two client services on free loopback ports, sharing one folder and config; `roles` adds
     overrides for one role only ({"server"|"client"|"trigger": [...]}, e.g. its certificate)."""
 
-    def __init__(self, folder, extra=(), client_scripts=None, roles=None):
+    def __init__(self, folder, extra=(), client_scripts=None, roles=None, config=CONFIG):
         self.folder = Path(folder)
+        self.config = config
         self.server_port, self.client_ports = free_port(), [free_port(), free_port()]
         self.address = f"127.0.0.1:{self.server_port}"
         self.overrides = [*RUN, f"output.root={self.folder / 'runs'}", f"data.root={self.folder / 'data'}",
@@ -51,19 +52,25 @@ class Cluster:
         return [f"127.0.0.1:{port}" for port in self.client_ports]
 
     def start(self):
-        self.processes.start("server", ["remote", "server", CONFIG, *self.overrides, *self.roles.get("server", ()),
-                                        f"remote.server_port={self.server_port}"])
         for index, port in enumerate(self.client_ports):
-            self.processes.start(f"client{index}", ["remote", "client", CONFIG, "--index", index, *self.overrides,
-                                                    *self.roles.get("client", ()), f"remote.client_port={port}"],
+            self.processes.start(f"client{index}", ["remote", "client", self.config, "--index", index,
+                                                    *self.overrides, *self.roles.get("client", ()),
+                                                    f"remote.client_port={port}"],
                                  script=self.client_scripts.get(index))
-        self.processes.wait_listening("server", self.server_port, START_TIMEOUT)
+        self.start_server()
         for index, port in enumerate(self.client_ports):
             self.processes.wait_listening(f"client{index}", port, START_TIMEOUT)
         return self
 
+    def start_server(self, *options):
+        """(Re)start the server service (e.g. with --resume FOLDER) and wait until it listens."""
+        self.processes.start("server", ["remote", "server", self.config, *self.overrides,
+                                        *self.roles.get("server", ()), f"remote.server_port={self.server_port}",
+                                        *options])
+        self.processes.wait_listening("server", self.server_port, START_TIMEOUT)
+
     def trigger_command(self, timeout=RUN_TIMEOUT):
-        return ["remote", "trigger", CONFIG, *self.overrides, *self.roles.get("trigger", ()), "--timeout", timeout]
+        return ["remote", "trigger", self.config, *self.overrides, *self.roles.get("trigger", ()), "--timeout", timeout]
 
     def trigger(self, timeout=RUN_TIMEOUT):
         """Run the trigger to its end: the CompletedProcess."""

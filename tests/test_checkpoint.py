@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from fedcmd_plugin import load_config
 from fedcmd_plugin.cli import main, run_experiment
@@ -212,7 +213,7 @@ def resumable(tmp_path):
     conf = digits_config(tmp_path / "runs")
     folder = tmp_path / "runs" / "fedavg-digits-1"
     files.write_json(folder / "status.json", {"state": "running"})
-    checkpoint.write(folder, conf, 3, {"weights": torch.zeros(2)})
+    checkpoint.write(folder, conf, 3, {"weights": torch.zeros(2), "fleet": {"mode": "local"}})
     return folder, conf
 
 
@@ -242,8 +243,19 @@ def test_another_version_or_format_is_refused(resumable, monkeypatch):
     assert checkpoint.read(folder, conf)["round"] == 3
     monkeypatch.setattr(checkpoint, "version", lambda: "9.9.9")
     assert "written by fedcmd_plugin 0.1.0, this is 9.9.9" in refusal(folder, conf)
-    monkeypatch.setattr(checkpoint, "FORMAT", 2)
-    assert "checkpoint format 1; this version reads format 2" in refusal(folder, conf)
+    written = checkpoint.FORMAT
+    monkeypatch.setattr(checkpoint, "FORMAT", written + 1)
+    assert f"checkpoint format {written}; this version reads format {written + 1}" in refusal(folder, conf)
+
+
+def test_a_checkpoint_is_resumed_only_in_the_mode_that_keeps_its_clients_state(resumable):
+    """A remote run's checkpoint has no client state (the client services keep it), a local run's has it all."""
+    folder, conf = resumable
+    remote = OmegaConf.merge(conf, {"is_remote": True})
+    assert "resume it with `fedcmd-plugin run CONFIG --resume" in refusal(folder, remote)
+    checkpoint.write(folder, conf, 3, {"fleet": {"mode": "remote", "run_id": "0123456789ab", "clients": ["c000"]}})
+    assert checkpoint.read(folder, remote)["fleet"]["run_id"] == "0123456789ab"
+    assert "resume it with `fedcmd-plugin remote server CONFIG --resume" in refusal(folder, conf)
 
 
 def test_folders_that_cannot_be_resumed(resumable):
@@ -260,7 +272,7 @@ def test_folders_that_cannot_be_resumed(resumable):
 
 # ----- atomic replacement ------------------------------------------------------------------------------------------
 def write_round(folder, conf, done, size=1):
-    checkpoint.write(folder, conf, done, {"weights": torch.full((size,), float(done))})
+    checkpoint.write(folder, conf, done, {"weights": torch.full((size,), float(done)), "fleet": {"mode": "local"}})
 
 
 def test_a_failed_write_never_replaces_the_previous_checkpoint(tmp_path, monkeypatch):

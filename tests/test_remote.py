@@ -318,11 +318,12 @@ def test_a_round_goes_on_without_a_client_that_vanished_mid_round():
     assert 1 <= waited < 30  # the round's deadline, not forever
 
 
-def test_a_client_whose_server_vanished_gives_up_its_upload_and_serves_on(monkeypatch):
+def test_a_client_whose_server_vanished_gives_up_its_upload_and_serves_on(monkeypatch, tmp_path):
     """The server accepts the connection and never answers: the upload ends at its deadline, and the next
     request is worked off as usual."""
     from fedcmd_plugin.federation.messages import Dispatch
     from fedcmd_plugin.remote import client as client_module
+    from fedcmd_plugin.remote.kept_store import KeptStore
     from fedcmd_plugin.remote.transport import Transport
     from fedcmd_plugin.remote.wire import wrap
 
@@ -330,9 +331,10 @@ def test_a_client_whose_server_vanished_gives_up_its_upload_and_serves_on(monkey
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen()
-    trainer = SimpleNamespace(run_round=lambda dispatch: Upload("c000", 40, dict(dispatch.state)))
+    trainer = SimpleNamespace(cid="c000", kept={}, run_round=lambda dispatch: Upload("c000", 40, dict(dispatch.state)))
     service = client_module.ClientService(lambda cid, state: trainer, {}, {0: "c000"},
-                                          f"127.0.0.1:{silent.getsockname()[1]}", Transport(LIMIT))
+                                          f"127.0.0.1:{silent.getsockname()[1]}", Transport(LIMIT),
+                                          KeptStore(tmp_path))
     sent, send = [], service.send
     service.send = lambda request, metadata: sent.append(send(request, metadata))
 

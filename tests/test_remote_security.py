@@ -281,11 +281,12 @@ def test_operator_methods_need_the_operator_token(server_service):
 # ------------------------------------------------------------------------------ the client service, in process
 def test_client_operate_needs_the_server_token_and_never_unpickles(tmp_path):
     from fedcmd_plugin.remote.client import OPERATE_METHOD, ClientService
+    from fedcmd_plugin.remote.kept_store import KeptStore
 
     transport = Transport(LIMIT)
     started = []
     service = ClientService(make_client=lambda cid, state: None, own_initial={}, hosted={0: "c000"},
-                            server_address="127.0.0.1:9", transport=transport)
+                            server_address="127.0.0.1:9", transport=transport, store=KeptStore(tmp_path))
     service.work = lambda *job: (started.append(job), service.busy.discard(job[0]))  # no training, no upload
     port = free_port()
     guard = auth.RequireToken(TOKENS["FEDCMD_SERVER_TOKEN"], [OPERATE_METHOD], "server")

@@ -1,7 +1,8 @@
 """The resume checkpoint of a run: `checkpoint.pt` in its run folder, the latest one only, replaced atomically.
 
 It holds what a run needs to continue as if it had never stopped: the rounds done, the global model, every
-client's own state (`Fleet.kept`), the server's state (`FederatedServer.algorithm_state`: per-client aggregates,
+client's own state where the server sees it (`Fleet.kept`; remote client services keep their own, and the
+checkpoint names the run and its clients instead: `Fleet.checkpointed`), the server's state (`FederatedServer.algorithm_state`: per-client aggregates,
 similarity memories, FedCMD's tally and decision, FedUReID's edge models), the last evaluation, the recorder's
 metrics, and the positions of the process's global random generators. Every draw the plugin makes is seeded by
 (seed, round, client, purpose) (`seeding`), so those positions matter only to code that draws from the global
@@ -24,7 +25,7 @@ from fedcmd_plugin.config import RUNTIME_KEYS, leaves
 from fedcmd_plugin.errors import PluginError
 from fedcmd_plugin.tracking import files
 
-FORMAT = 1
+FORMAT = 2
 FILE = "checkpoint.pt"
 # Keys (and sections) a resume may change: how it is started, where and what it writes, how the work is spread
 # over processes and how services reach each other. None of them changes a result.
@@ -148,6 +149,12 @@ def read(folder, conf, mmap=False):
     if not isinstance(saved, dict) or saved.get("format") != FORMAT:
         found = saved.get("format") if isinstance(saved, dict) else None
         raise CheckpointError(f"{where}: {FILE} has checkpoint format {found!r}; this version reads format {FORMAT}")
+    mode, expected = (saved.get("fleet") or {}).get("mode"), "remote" if conf.get("is_remote") else "local"
+    if mode != expected:
+        how = "fedcmd-plugin remote server CONFIG --resume" if mode == "remote" else "fedcmd-plugin run CONFIG --resume"
+        raise CheckpointError(f"{where}: its checkpoint is of a {mode} run, so its clients' own state is "
+                              f"{'in the client services' if mode == 'remote' else 'in the checkpoint'}: resume it "
+                              f"with `{how} {folder}`")
     if saved.get("version") != version():
         raise CheckpointError(f"{where}: {FILE} was written by fedcmd_plugin {saved.get('version')}, this is "
                               f"{version()}: resume with the version that wrote it")

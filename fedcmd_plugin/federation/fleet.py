@@ -21,6 +21,12 @@ class Fleet(Protocol):
     def set_kept(self, cid: str, kept: dict) -> None:
         """Copy kept state trained elsewhere (distributed replicas)."""
 
+    def checkpointed(self, rounds_done: int) -> dict:
+        """The server writes its checkpoint after `rounds_done` rounds: what the fleet needs in it to resume."""
+
+    def resume(self, rounds_done: int, saved: dict) -> None:
+        """The run continues after `rounds_done` rounds from a checkpoint where `checkpointed` gave `saved`."""
+
 
 class LocalFleet:
     def __init__(self, clients, workspace, initial_state):
@@ -46,3 +52,10 @@ class LocalFleet:
     def set_kept(self, cid, kept):
         """Distributed: every rank hosts every client; state trained on another rank is copied here."""
         self.clients[cid].kept = kept
+
+    def checkpointed(self, rounds_done):
+        """Client objects: their kept state goes into the checkpoint through `kept`."""
+        return {"mode": "local"}
+
+    def resume(self, rounds_done, saved):
+        """The server has put the checkpoint's kept state back with `set_kept`."""

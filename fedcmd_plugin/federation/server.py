@@ -160,9 +160,6 @@ class FederatedServer(BaseServer):
         """The checkpoint of the run folder named by config key `resume` (None when it is not set)."""
         if not self.conf.resume:
             return None
-        if self.is_remote:
-            raise ConfigError("config key 'resume': remote runs cannot be resumed, because each client's own state "
-                              "(personal layers, memories) stays in its client service and is in no checkpoint")
         return checkpoint.read(self.conf.resume, self.conf)
 
     def halt(self):
@@ -171,19 +168,15 @@ class FederatedServer(BaseServer):
         self.recorder.stop(self.rounds_done, self.stop_reason or "stop requested", self.checkpoint_round or None,
                            self.model_states())
 
-    def writes_checkpoints(self):
-        """Whether this process can checkpoint the run: rank 0 writes, and a remote server cannot (its clients'
-        own state never leaves the client services)."""
-        return self.rank == 0 and not self.is_remote
-
     def write_checkpoint(self):
-        """The checkpoint after the rounds done so far (`federation.checkpoint`), unless it is already written."""
-        if not self.writes_checkpoints() or self.checkpoint_round == self.rounds_done:
+        """The checkpoint after the rounds done so far (`federation.checkpoint`; rank 0 writes it), unless it is
+        already written."""
+        if self.rank != 0 or self.checkpoint_round == self.rounds_done:
             return
         kept = {cid: self.fleet.kept(cid) for cid in self.client_order}
         checkpoint.write(self.recorder.folder, self.conf, self.rounds_done, {
             "global": self._model.state_dict(), "kept": {cid: state for cid, state in kept.items() if state},
-            "algorithm": self.algorithm_state(),
+            "fleet": self.fleet.checkpointed(self.rounds_done), "algorithm": self.algorithm_state(),
             "recorder": self.recorder.state()})
         self.checkpoint_round = self.rounds_done
 
@@ -193,6 +186,7 @@ class FederatedServer(BaseServer):
         model.load_state_dict(saved["global"])
         for cid, kept in saved["kept"].items():
             self.fleet.set_kept(cid, kept)
+        self.fleet.resume(saved["round"], saved["fleet"])
         self.load_algorithm_state(saved["algorithm"])
         checkpoint.restore_generators(saved["generators"])
         self.rounds_done = self.checkpoint_round = saved["round"]

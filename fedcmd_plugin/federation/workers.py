@@ -136,6 +136,12 @@ class ProcessFleet:
         self.local.set_kept(cid, kept)
         self.holder[cid] = None  # no worker holds it: send it to whichever trains the client next
 
+    def checkpointed(self, rounds_done):
+        return self.local.checkpointed(rounds_done)
+
+    def resume(self, rounds_done, saved):
+        self.local.resume(rounds_done, saved)
+
     def close(self):
         for connection in self.connections:
             try:

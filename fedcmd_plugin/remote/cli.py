@@ -18,6 +18,8 @@ FEDCMD_OPERATOR_TOKEN and FEDCMD_SERVER_TOKEN, e.g. from the files `remote certs
   fedcmd-plugin remote client  configs/remote_digits.yaml --index 0 remote.client_port=23000
   fedcmd-plugin remote client  configs/remote_digits.yaml --index 1 remote.client_port=23001
   fedcmd-plugin remote trigger configs/remote_digits.yaml
+  fedcmd-plugin remote server  configs/remote_digits.yaml --resume runs/fedavg-digits-20260101-120000
+                                                            (continue a killed run; its clients keep their state)
   fedcmd-plugin remote client  configs/fedavg_fmnist.yaml --index 0-49    (one service, 50 clients)
 """
 ITEMS_HELP = "one YAML config, then key.sub=value overrides"
@@ -61,9 +63,12 @@ def client_indexes(given):
 
 
 def command_server(args):
+    import json
+
     from fedcmd_plugin.remote.server import serve
 
-    return serve(one_config(args.items))
+    items = [*args.items, f"resume={json.dumps(args.resume)}"] if args.resume else args.items
+    return serve(one_config(items))
 
 
 def command_client(args):
@@ -111,6 +116,9 @@ def add_commands(subparsers):
     roles = remote.add_subparsers(dest="role", required=True)
     server = roles.add_parser("server", help="serve runs: EasyFL's ServerService on remote.bind:remote.server_port")
     server.add_argument("items", nargs="+", metavar="CONFIG.yaml | key.sub=value", help=ITEMS_HELP)
+    server.add_argument("--resume", metavar="RUN_FOLDER", default=None,
+                        help="continue the stopped or killed run of RUN_FOLDER from its checkpoint at once, with its "
+                        "clients (sets config key resume)")
     server.set_defaults(handler=command_server)
     client = roles.add_parser("client", help="host a client (or several) of the partition: EasyFL's ClientService "
                               "on remote.client_port, uploading to remote.server_address")

@@ -10,6 +10,10 @@ the result goes to the server's `Upload` with the request's task (run) and round
 JSON error report in `content.extra` when the work failed (the server then leaves the client out at once).
 
 Each run (task id) starts from fresh client objects: nothing of one run's state carries over to the next.
+After every round a client trained, its kept state is written to `remote.state_dir` (`kept_store`) before the
+upload goes out: a client object made again in the same run (the service restarted) continues from its latest
+snapshot, and the first request of a resumed run (`resume_after` in the envelope) rolls it back to the state
+after the round the server's checkpoint holds.
 """
 import queue
 import threading
@@ -25,6 +29,7 @@ from easyfl.pb import server_service_pb2_grpc as server_grpc
 from fedcmd_plugin.errors import ConfigError, PluginError
 from fedcmd_plugin.federation.messages import Dispatch
 from fedcmd_plugin.remote.auth import UPLOAD_MAC, RequireToken, read_token, sign_upload
+from fedcmd_plugin.remote.kept_store import KeptStore
 from fedcmd_plugin.remote.roles import init_role, seed_all
 from fedcmd_plugin.remote.transport import state_bytes, transport_for
 from fedcmd_plugin.remote.wire import TEST, TRAIN, one_line, rpc_error_text, serve_until_stopped, to_json, unwrap
@@ -44,13 +49,14 @@ class ClientService(client_grpc.ClientServiceServicer):
     """Hosts the clients `hosted` ({data index: cid}, usually one) of the partition.
 
     make_client(cid, initial_state) -> a FederatedClient attached to the process's model and `initial_state`;
-    transport: how to reach the server at `server_address`.
+    transport: how to reach the server at `server_address`; store: a KeptStore for the clients' own state.
     Requests are queued and worked off one at a time (the clients share the process's model); a client with a
     request still queued or running refuses the next one (SC_ALREADY_EXISTS).
     """
 
-    def __init__(self, make_client, own_initial, hosted, server_address, transport):
+    def __init__(self, make_client, own_initial, hosted, server_address, transport, store):
         self.make_client = make_client
+        self.store = store
         self.own_initial = own_initial
         self.hosted = dict(hosted)
         self.server_address = server_address
@@ -106,8 +112,13 @@ class ClientService(client_grpc.ClientServiceServicer):
         content_type = common_pb.DATA_TYPE_PARAMS if kind == TRAIN else common_pb.DATA_TYPE_PERFORMANCE
         try:
             try:
-                client = self.client_for(cid, task_id, initial)
-                content = self.train(client, dispatch) if kind == TRAIN else self.test(client, dispatch, envelope)
+                client = self.client_for(cid, task_id, initial, envelope)
+                if kind == TRAIN:
+                    content = self.train(client, dispatch)
+                    self.store.save(task_id, cid, round_id + 1, client.kept)  # before the server can count it
+                    self.store.forget_before(task_id, cid, envelope["checkpointed"])
+                else:
+                    content = self.test(client, dispatch, envelope)
             except Exception as exc:  # reported to the server, which leaves this client out of the round
                 self.log.error(f"client {cid}: {kind} of round {round_id + 1} failed: {one_line(exc)}", exc_info=True)
                 content = server_pb.UploadContent(type=content_type, extra=to_json({"error": one_line(exc)}))
@@ -117,22 +128,33 @@ class ClientService(client_grpc.ClientServiceServicer):
         request = server_pb.UploadRequest(task_id=task_id, round_id=round_id, client_id=cid, content=content)
         self.send(request, ((UPLOAD_MAC, sign_upload(envelope["ticket"], request)),))
 
-    def client_for(self, cid, task_id, initial):
-        """This run's object for client `cid`; a new run (task id) starts from fresh client objects."""
+    def client_for(self, cid, task_id, initial, envelope):
+        """This run's object for client `cid`; a new run (task id) starts from fresh client objects, a client made
+        again during a run from its latest snapshot, a resumed run from its snapshot of the resumed round."""
         if task_id != self.task_id:
             self.task_id, self.run_initial, self.clients = task_id, None, {}
             self.log.info(f"client {self.describe()}: run {task_id}")
         if initial is not None:
             self.run_initial = {**self.own_initial, **initial}
-        client = self.clients.get(cid)
+        resume_after = envelope.get("resume_after")
+        client = None if resume_after is not None else self.clients.get(cid)
         if client is None:
             if self.run_initial is None:
                 self.log.warning(f"client {cid}: joined run {task_id} without its initial state (restarted during "
                                  "the run?); starting from the state built from the config")
             client = self.clients[cid] = self.make_client(cid, self.run_initial or dict(self.own_initial))
+            self.restore(client, task_id, resume_after)
         elif initial is not None:
             client.initial_state = self.run_initial
         return client
+
+    def restore(self, client, task_id, resume_after):
+        if resume_after is not None:
+            self.store.forget_after(task_id, client.cid, resume_after)
+        snapshot = self.store.latest(task_id, client.cid, resume_after)
+        if snapshot is not None:
+            client.kept = snapshot[1]
+            self.log.info(f"client {client.cid}: continues run {task_id} from its state after round {snapshot[0]}")
 
     def train(self, client, dispatch):
         upload = client.run_round(dispatch)
@@ -198,7 +220,8 @@ def build(conf, indexes):
 
     hosted = {i: users[i] for i in indexes}
     transport = transport_for(conf, "client", state_bytes(own_initial), indexes[0])
-    return conf, ClientService(make_client, own_initial, hosted, str(conf.remote.server_address), transport)
+    return conf, ClientService(make_client, own_initial, hosted, str(conf.remote.server_address), transport,
+                               KeptStore(conf.remote.state_dir))
 
 
 def serve(conf, indexes, stop_event=None):

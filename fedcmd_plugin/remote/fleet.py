@@ -8,6 +8,9 @@ Clients that refuse, cannot be reached, report an error, send an answer that fai
 are left out of the round (a warning names each one; `missing_clients` / `missing_eval_clients` and
 `rejected_uploads` / `rejected_eval_uploads` go into the round's metrics); the round goes on with the others.
 A round without any answer is an error.
+Every request tells the client how many rounds the server's checkpoint holds; after a resume, each client's
+first request also says which round the run continues after, so that it takes up its own state from then
+(`kept_store`).
 """
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +50,9 @@ class RemoteFleet:
         self.channels = {e.address: transport.channel(e.address) for e in self.endpoints.values()}
         self.stubs = {address: client_grpc.ClientServiceStub(chan) for address, chan in self.channels.items()}
         self.initialised = set()  # clients that received this run's initial state
+        self.checkpoint_round = 0  # the rounds the server's latest checkpoint holds
+        self.resume_after = None  # a resumed run: the round its checkpoint holds, until every client has heard it
+        self.resumed = set()  # clients told to take up their state after `resume_after` rounds
         self.lock = threading.Lock()
         self.pool = ThreadPoolExecutor(max_workers=max(1, min(32, len(self.endpoints))),
                                        thread_name_prefix="fedcmd-operate")
@@ -80,6 +86,16 @@ class RemoteFleet:
 
     def set_kept(self, cid, kept):
         """Nothing to copy: every remote client is hosted once."""
+
+    def checkpointed(self, rounds_done):
+        """The run and its clients, for the checkpoint after `rounds_done` rounds; the clients learn of it with
+        their next request and drop the snapshots a resume can no longer need."""
+        self.checkpoint_round = int(rounds_done)
+        return {"mode": "remote", "run_id": self.tickets.run_id, "clients": self.client_ids()}
+
+    def resume(self, rounds_done, saved):
+        """The run continues after `rounds_done` rounds: each client's first request says so."""
+        self.checkpoint_round = self.resume_after = int(rounds_done)
 
     def close(self):
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -132,8 +148,9 @@ class RemoteFleet:
         try:
             with self.lock:
                 initial = None if cid in self.initialised else self.initial_state
+                resume_after = None if cid in self.resumed else self.resume_after
             ticket = self.tickets.issue(round_index, kind, cid)
-            payload = wrap(dispatch, ticket, splits, initial).to_bytes()
+            payload = wrap(dispatch, ticket, splits, initial, self.checkpoint_round, resume_after).to_bytes()
             request = client_pb.OperateRequest(
                 type=client_pb.OP_TYPE_TRAIN if kind == TRAIN else client_pb.OP_TYPE_TEST, model=payload,
                 data_index=endpoint.index, config=self.operate_config(dispatch, round_index))
@@ -146,9 +163,11 @@ class RemoteFleet:
             name = common_pb.StatusCode.Name(response.status.code)
             waiter.fail(cid, f"refused the request ({name}: {response.status.message})")
             return
-        if initial is not None:
-            with self.lock:
+        with self.lock:
+            if initial is not None:
                 self.initialised.add(cid)
+            if resume_after is not None:
+                self.resumed.add(cid)
 
     def operate_config(self, dispatch, round_index):
         """EasyFL's per-request settings (informative: the client follows the Dispatch and its own config)."""

@@ -20,6 +20,9 @@
   (`validation`) and handed to the round waiting for it (`router.UploadRouter`). SC_INVALID_REQUEST for
   content that does not decode or fails the checks (the round records it under `rejected_uploads`),
   SC_NOT_FOUND when no round waits for it any more.
+* `remote server --resume RUN_FOLDER` (config key `resume`) continues that folder's run at once, from its
+  checkpoint, with the same run id and clients (their services keep their own state: `kept_store`); a Run
+  request meanwhile is SC_ALREADY_EXISTS, and later runs start afresh.
 * `Stop()`: the run ends after the current round (state "stopped", in the run folder too, with the rounds
   that ran; "complete" when that was the last round anyway).
 """
@@ -33,7 +36,7 @@ from easyfl.pb import server_service_pb2 as server_pb
 from easyfl.pb import server_service_pb2_grpc as server_grpc
 
 from fedcmd_plugin.errors import ConfigError, PluginError
-from fedcmd_plugin.federation import codec
+from fedcmd_plugin.federation import checkpoint, codec
 from fedcmd_plugin.federation.messages import Upload, layout
 from fedcmd_plugin.remote import validation
 from fedcmd_plugin.remote.auth import UPLOAD_MAC, RequireToken, Tickets, presented, read_token
@@ -78,22 +81,33 @@ class ServerService(server_grpc.ServerServiceServicer):
 
     # ----- Run ---------------------------------------------------------------------------------------------------
     def Run(self, request, context):
+        try:
+            return self.launch(self.resolve_clients(request.clients), uuid.uuid4().hex[:12], request.model)
+        except Forbidden as exc:
+            self.log.error(f"run request refused: {one_line(exc)}")
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, one_line(exc))
+        except PluginError as exc:
+            self.log.error(f"run request refused: {one_line(exc)}")
+            return server_pb.RunResponse(status=pb_status(common_pb.SC_INVALID_REQUEST, one_line(exc)))
+
+    def resume(self, folder):
+        """`remote server --resume RUN_FOLDER`: the stopped or killed run of that folder goes on at once, under its
+        own run id and with its own clients, whose services take up their state after the checkpoint's round."""
+        saved = checkpoint.read(folder, self.conf, mmap=True)
+        clients = [server_pb.Client(client_id=cid) for cid in saved["fleet"]["clients"]]
+        answer = self.launch(self.resolve_clients(clients), saved["fleet"]["run_id"])
+        if answer.status.code != common_pb.SC_OK:
+            raise RemoteError(f"cannot resume {folder}: {answer.status.message}")
+        self.log.info(f"run {saved['fleet']['run_id']} resumed from {folder} after round {saved['round']}")
+
+    def launch(self, endpoints, run_id, initial_model=b""):
+        """Start run `run_id` with `endpoints` in a background thread: the RunResponse."""
         with self.lock:
-            try:
-                endpoints = self.resolve_clients(request.clients)
-                if self.running():
-                    return server_pb.RunResponse(status=pb_status(
-                        common_pb.SC_ALREADY_EXISTS, f"run {self.state['run_id']} is in progress: wait for it or "
-                                                     "Stop it"))
-                server, model = self.build()
-                self.apply_initial_model(request.model, model)
-            except Forbidden as exc:
-                self.log.error(f"run request refused: {one_line(exc)}")
-                context.abort(grpc.StatusCode.PERMISSION_DENIED, one_line(exc))
-            except PluginError as exc:
-                self.log.error(f"run request refused: {one_line(exc)}")
-                return server_pb.RunResponse(status=pb_status(common_pb.SC_INVALID_REQUEST, one_line(exc)))
-            run_id = uuid.uuid4().hex[:12]
+            if self.running():
+                return server_pb.RunResponse(status=pb_status(
+                    common_pb.SC_ALREADY_EXISTS, f"run {self.state['run_id']} is in progress: wait for it or Stop it"))
+            server, model = self.build()
+            self.apply_initial_model(initial_model, model)
             self.tickets = Tickets(run_id)
             fleet = self.fleet_for(server, model, endpoints)
             server.fleet = fleet
@@ -189,6 +203,7 @@ class ServerService(server_grpc.ServerServiceServicer):
             self.log.error(f"run {run_id} failed: {outcome['error']}")
         finally:
             fleet.close()
+            self.conf.resume = None  # a resume continues one run; the next Run starts afresh
         recorder = getattr(server, "recorder", None)
         evaluation = getattr(server, "last_evaluation", None) or {}
         with self.lock:
@@ -308,8 +323,12 @@ def serve(conf, stop_event=None):
     conf = init_role(conf, conf.remote.server_port)
     data = load_federated(conf)
     transport = transport_for(conf, "server", state_bytes(ConfiguredModel().state_dict()))
+    if conf.resume:
+        checkpoint.read(conf.resume, conf, mmap=True)  # refused before the port opens
     service, grpc_srv = start(conf, data, transport, operator_token, server_token)
     logger().info(f"fedcmd-plugin server ({conf.algorithm}, {conf.data.dataset}, {len(service.users)} clients in "
                   f"the partition) listening on {conf.remote.bind}:{conf.remote.server_port}")
+    if conf.resume:
+        service.resume(conf.resume)
     serve_until_stopped(grpc_srv, stop_event, on_stop=service.shutdown)
     return 0

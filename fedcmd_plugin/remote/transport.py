@@ -61,6 +61,9 @@ def read_pem(value, key, index=None):
     return data
 
 
+RECONNECT_MS = 1000  # the longest a channel waits before trying to reach a vanished peer again
+
+
 @dataclass(frozen=True)
 class TLS:
     ca: bytes
@@ -80,13 +83,17 @@ class Transport:
                 ("grpc.max_receive_message_length", self.max_message)]
 
     def channel(self, address):
+        """A channel to `address` that tries to reconnect at least every RECONNECT_MS while its peer is gone (gRPC's
+        default backoff grows to 2 minutes, so a restarted server or client service would stay unreachable)."""
+        options = [*self.options, ("grpc.initial_reconnect_backoff_ms", RECONNECT_MS // 2),
+                   ("grpc.min_reconnect_backoff_ms", RECONNECT_MS // 2), ("grpc.max_reconnect_backoff_ms", RECONNECT_MS)]
         if self.tls is None:
-            return grpc.insecure_channel(address, options=self.options)
+            return grpc.insecure_channel(address, options=options)
         tls = self.tls
         own = (tls.key, tls.cert) if tls.mutual else (None, None)
         credentials = grpc.ssl_channel_credentials(root_certificates=tls.ca, private_key=own[0],
                                                    certificate_chain=own[1])
-        return grpc.secure_channel(address, credentials, options=self.options)
+        return grpc.secure_channel(address, credentials, options=options)
 
     def server(self, bind, port, workers, interceptors=()):
         """A started-later gRPC server on bind:port; ConfigError when the port cannot be used."""
