@@ -8,11 +8,15 @@ PROTOBUF_PTH = "fedcmd_plugin_protobuf.pth"
 
 
 class BuildWithProtobufSwitch(build_py):
-    """Ships the .pth file that lets easyfl 0.1.2's old protobuf modules import (see README, "protobuf")."""
+    """Ships the .pth file that lets easyfl 0.1.2's old protobuf modules import (see README, "protobuf"). An
+    editable install (`editable_mode`, setuptools' documented flag for build subcommands) ignores build_lib, so
+    there the file goes straight to the wheel's site-packages root (the install command's install_lib)."""
 
     def run(self):
         super().run()
         self.copy_file(PROTOBUF_PTH, os.path.join(self.build_lib, PROTOBUF_PTH))
+        if getattr(self, "editable_mode", False):
+            self.copy_file(PROTOBUF_PTH, os.path.join(self.get_finalized_command("install").install_lib, PROTOBUF_PTH))
 
     def get_outputs(self, include_bytecode=1):
         return super().get_outputs(include_bytecode) + [os.path.join(self.build_lib, PROTOBUF_PTH)]

@@ -63,7 +63,7 @@ def test_easyfl_stub_triggers_run_and_model_field_is_never_unpickled(cluster, tm
     from easyfl.pb import common_pb2, server_service_pb2
 
     from fedcmd_plugin.remote.transport import Transport
-    from fedcmd_plugin.remote.trigger import wait_for_run
+    from fedcmd_plugin.remote.trigger import run_status, wait_for_run
 
     before = set(cluster.run_folders())
     marker = tmp_path / "unpickled"
@@ -79,7 +79,7 @@ def test_easyfl_stub_triggers_run_and_model_field_is_never_unpickled(cluster, tm
     assert again.status.code == common_pb2.SC_ALREADY_EXISTS
     chan = Transport(4 * 1024 * 1024).channel(cluster.address)
     try:
-        final = wait_for_run(chan, cluster.address, OPERATOR, response.status.message.split()[1],
+        final = wait_for_run(chan, cluster.address, OPERATOR, run_status(chan, OPERATOR)["run_id"],
                              timeout=RUN_TIMEOUT)
     finally:
         chan.close()
@@ -165,7 +165,7 @@ def test_stop_ends_the_run_and_its_folder_says_stopped(cluster):
     from easyfl.pb import common_pb2, server_service_pb2, server_service_pb2_grpc
 
     from fedcmd_plugin.remote.transport import Transport
-    from fedcmd_plugin.remote.trigger import wait_for_run
+    from fedcmd_plugin.remote.trigger import run_status, wait_for_run
 
     before = set(cluster.run_folders())
     chan = Transport(4 * 1024 * 1024).channel(cluster.address)
@@ -175,7 +175,8 @@ def test_stop_ends_the_run_and_its_folder_says_stopped(cluster):
         assert started.status.code == common_pb2.SC_OK, started.status.message
         stopped = stub.Stop(server_service_pb2.StopRequest(), timeout=60, metadata=OPERATOR)
         assert stopped.status.code == common_pb2.SC_OK, stopped.status.message
-        final = wait_for_run(chan, cluster.address, OPERATOR, started.status.message.split()[1], timeout=RUN_TIMEOUT)
+        final = wait_for_run(chan, cluster.address, OPERATOR, run_status(chan, OPERATOR)["run_id"],
+                             timeout=RUN_TIMEOUT)
     finally:
         chan.close()
     (folder,) = set(cluster.run_folders()) - before

@@ -90,7 +90,7 @@ def trigger(conf, timeout=None, connect_timeout=120.0, poll=1.0):
         if answer.status.code != common_pb.SC_OK:
             name = common_pb.StatusCode.Name(answer.status.code)
             raise RemoteError(f"the server at {address} refused the run ({name}): {answer.status.message}")
-        run_id = answer.status.message.split()[1] if answer.status.message.startswith("run ") else None
+        run_id = run_status(chan, metadata).get("run_id")  # the status method's field, never parsed from a message
         log.info(f"{answer.status.message} (server {address})")
 
         def report(state):
