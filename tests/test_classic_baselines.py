@@ -81,7 +81,7 @@ def global_state(server):
 
 def used_model(server, client):
     """The state of the model `client` is tested with now (after any fine-tuning its algorithm asks for)."""
-    model = client.personalised_model(server.dispatch_for(client.cid))
+    model = client.personalised_model(server.dispatches([client.cid])[client.cid])
     return {key: value.detach().clone() for key, value in model.state_dict().items()}
 
 
@@ -235,7 +235,7 @@ def test_fedbabu_trains_only_the_body_in_rounds_and_fine_tunes_everything_before
         assert_unchanged(server, start, HEAD)  # the mean of equal heads: the initial one
 
     # Tested after at least one epoch of fine-tuning (client.finetune_epoch is 0), on a copy of the model.
-    assert server.base_meta("c000")["finetune_epoch"] == 1
+    assert server.round_settings()["finetune_epoch"] == 1
     merged = global_state(server)
     every = [name for name, _ in block_net().named_parameters()]
     assert_states_close(used_model(server, clients[0]), sgd_phases(merged, DATA[0], [(every, 1)]))
@@ -264,7 +264,7 @@ def test_pfedsim_is_fedavg_while_warming_up_then_sends_the_head_values_as_signat
     phi = max(0.0, F.cosine_similarity(signatures[0], signatures[1], dim=0).item())
     first, second = (uploads[cid].state for cid in ("c000", "c001"))
     for cid, own, other in (("c000", first, second), ("c001", second, first)):
-        received = server.dispatch_for(cid).state
+        received = server.dispatches([cid])[cid].state
         for key in body:  # (own + phi * other) / (1 + phi)
             assert torch.allclose(received[key], (own[key] + phi * other[key]) / (1 + phi), atol=1e-6), key
     assert_sample_weighted_means(server, uploads, body, SAMPLES[:2])  # the global body, for newcomers
@@ -273,7 +273,7 @@ def test_pfedsim_is_fedavg_while_warming_up_then_sends_the_head_values_as_signat
 def test_pfedsim_weights_the_bodies_by_the_clipped_cosine_of_the_signatures(federation):
     server, _ = federation("pfedsim", DATA, "personalization.warmup_rounds=1")
     server._current_round = 1
-    assert server.base_meta("c000")["signature_keys"] == HEAD and server.round_meta()["signature"] == "value"
+    assert server.round_settings()["signature_keys"] == HEAD and server.round_meta()["signature"] == "value"
     start = global_state(server)
     body = FC1 + FC2
     # a and b are orthogonal, c is at cosine 0.6 from a and 0.8 from b; bodies are constants 1, 2 and 4
@@ -285,7 +285,7 @@ def test_pfedsim_weights_the_bodies_by_the_clipped_cosine_of_the_signatures(fede
     expected = {"c000": (1 + 0.6 * 4) / 1.6, "c001": (2 + 0.8 * 4) / 1.8, "c002": (0.6 * 1 + 0.8 * 2 + 4) / 2.4}
     for cid, value in expected.items():
         assert sorted(server.client_states[cid]) == sorted(body)
-        received = server.dispatch_for(cid).state
+        received = server.dispatches([cid])[cid].state
         assert all(torch.allclose(received[key], torch.full_like(start[key], value)) for key in body), cid
         assert all(torch.equal(received[key], start[key]) for key in HEAD)
     merged = global_state(server)

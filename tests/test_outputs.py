@@ -54,25 +54,53 @@ def test_train_loss_is_the_mean_loss_per_training_sample(small_digits_config):
     assert [e.value for e in events.Scalars("round/train_loss")] == pytest.approx([expected] * 2, rel=1e-5)
 
 
-def test_load_run_gives_the_models_the_run_evaluated(small_digits_config):
+@pytest.mark.parametrize("algorithm,clients_keep_layers", [
+    ("fedavg", False), ("fedper", True),
+    pytest.param("fedcmd", True, marks=pytest.mark.slow)])  # reference mix: clients that met no one share one
+def test_load_run_gives_the_models_the_run_evaluated(small_digits_config, algorithm, clients_keep_layers):
     """Accuracy of load_run's models on each client's test split = clients.csv's last evaluation."""
-    for algorithm, clients_keep_layers in (("fedavg", False), ("fedper", True)):
-        conf = small_digits_config(algorithm=algorithm)
-        run = fedcmd_plugin.load_run(run_experiment(conf)["folder"])
-        assert run.config.algorithm == algorithm and [m["round"] for m in run.metrics] == [1, 2]
-        data = load_federated(run.config)
-        last = {r["cid"]: float(r["test_accuracy"]) for r in read_csv(run.folder / "clients.csv") if r["round"] == "2"}
-        assert sorted(last) == run.clients
-        for cid, accuracy in last.items():
-            x, y = data.test.tensors(cid)
-            with torch.no_grad():
-                mine = 100.0 * (run.model(cid)(x).argmax(1) == y).float().mean().item()
-            assert mine == pytest.approx(accuracy), (algorithm, cid)
-        if clients_keep_layers:
-            with pytest.raises(fedcmd_plugin.PluginError, match="no global model"):
-                run.model()
-        else:
-            assert torch.equal(run.model()(x), run.model(cid)(x))
+    conf = small_digits_config(algorithm=algorithm, fedcmd__selection_rounds=1)
+    run = fedcmd_plugin.load_run(run_experiment(conf)["folder"])
+    assert run.config.algorithm == algorithm and [m["round"] for m in run.metrics] == [1, 2]
+    data = load_federated(run.config)
+    last = {r["cid"]: float(r["test_accuracy"]) for r in read_csv(run.folder / "clients.csv") if r["round"] == "2"}
+    assert sorted(last) == run.clients
+    for cid, accuracy in last.items():
+        x, y = data.test.tensors(cid)
+        with torch.no_grad():
+            mine = 100.0 * (run.model(cid)(x).argmax(1) == y).float().mean().item()
+        assert mine == pytest.approx(accuracy), (algorithm, cid)
+    if clients_keep_layers:
+        with pytest.raises(fedcmd_plugin.PluginError, match="no global model"):
+            run.model()
+    else:
+        assert torch.equal(run.model()(x), run.model(cid)(x))
+
+
+@pytest.mark.parametrize("algorithm,prefix,shared", [
+    ("fedavg", None, "global.pt"), ("fedper", "blocks.classifier.", "shared.pt"),
+    pytest.param("fedcmd", "blocks.", "shared.pt", marks=pytest.mark.slow)])
+def test_checkpoints_hold_each_clients_own_state_only(small_digits_config, algorithm, prefix, shared):
+    """clients.pt lists the clients with state of their own, and only that state; the rest is global.pt/shared.pt."""
+    conf = small_digits_config(algorithm=algorithm, fedcmd__selection_rounds=1, output__save_fig=False,
+                               server__rounds=2 if algorithm == "fedcmd" else 1)
+    folder = run_experiment(conf)["folder"] / "checkpoints"
+    whole = torch.load(folder / shared, weights_only=True)
+    assert set(whole) == set(build_model("lenet5", 1, 10, 8).state_dict())
+    if prefix is None:
+        assert not (folder / "clients.pt").exists()
+        return
+    own = torch.load(folder / "clients.pt", weights_only=True)
+    assert len(own) == 5  # the 5 clients of the one round that keeps layers (FedCMD's second); not the idle 5
+    for state in own.values():
+        assert state and all(key.startswith(prefix) for key in state)
+        assert len(state) < len(whole)  # never a whole copy of the shared model
+    if algorithm == "fedcmd":  # its personal layer and the per-client mix after it, never the FedAvg'd body
+        chosen = json.loads((folder.parent / "fedcmd_selection.json").read_text())["personal_block"]
+        blocks = build_model("lenet5", 1, 10, 8).block_names
+        mine = {f"blocks.{b}." for b in blocks[blocks.index(chosen):]}
+        assert all(any(key.startswith(m) for m in mine) for state in own.values() for key in state)
+        assert all(any(key.startswith(f"blocks.{chosen}.") for key in state) for state in own.values())
 
 
 @pytest.mark.slow

@@ -60,3 +60,19 @@ def test_latest_states_running_sum_follows_replacements():
     latest.update("b", {"w": torch.tensor([2.0])})
     latest.update("a", {"w": torch.tensor([5.0])})
     assert len(latest) == 2 and math.isclose(latest.total["w"].item(), 7.0)
+
+
+def test_every_client_that_met_no_one_gets_the_shared_mix_of_none():
+    """Checkpoints store FedCMD's mix once for all clients that met no one (softmax_mix(None)), per client for
+    the rest: the dense row of any such client gives that shared mix."""
+    clients = [f"c{i}" for i in range(7)]
+    memory, latest, states = SimilarityMemory(), LatestStates(), {}
+    memory.record(["c1", "c4"], [[1, 0.6], [0.6, 1]])
+    for cid in ("c1", "c4"):
+        states[cid] = {"w": torch.randn(3)}
+        latest.update(cid, states[cid])
+    fallback = {"w": torch.zeros(3)}
+    shared = latest.softmax_mix(None, memory, len(clients), fallback)["w"].to(torch.float64)
+    for cid in clients:
+        expected = dense_reference(cid, memory, clients, states, fallback)
+        assert torch.allclose(shared, expected, atol=1e-6) == (not memory.has_met(cid) and cid not in latest), cid

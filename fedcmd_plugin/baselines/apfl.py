@@ -45,9 +45,9 @@ class APFLServer(FederatedServer):
         step = self.conf.client.optimizer.lr if apfl.alpha_lr is None else apfl.alpha_lr
         return {"apfl": {"alpha": float(apfl.alpha), "adaptive": bool(apfl.adaptive), "alpha_lr": float(step)}}
 
-    def client_model_state(self, cid, kept):
-        state = super().client_model_state(cid, kept)
-        return state and mixed_model(state, kept, self.parameter_keys)
+    def client_own_state(self, cid, kept):
+        """The model it is tested with, alpha v + (1 - alpha) w, whole ({} before it trained: the global model)."""
+        return mixed_model(self.shared_state(), kept, self.parameter_keys) if personal_model(kept) else {}
 
     def post_train(self):
         super().post_train()

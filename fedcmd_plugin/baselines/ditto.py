@@ -18,9 +18,9 @@ class DittoServer(FederatedServer):
         ditto = self.conf.ditto
         return {"ditto": {"lambda": float(ditto["lambda"]), "personal_epochs": ditto.personal_epochs}}
 
-    def client_model_state(self, cid, kept):
-        state = super().client_model_state(cid, kept)
-        return personal_model(kept) or state
+    def client_own_state(self, cid, kept):
+        """The client's personal model, whole ({} before it trained one: it then uses the global model)."""
+        return personal_model(kept)
 
 
 class DittoClient(RegularisedClient):

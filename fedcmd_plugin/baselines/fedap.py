@@ -104,9 +104,9 @@ class FedAPServer(PersonalizedServer):
     def round_meta(self):
         return {"phase": "pretrain" if self.pretraining() else "personalised"}
 
-    def training_dispatch(self, cid):
+    def training_dispatch(self, cid, dispatch):
         """After pre-training, a client that has not reported its statistics is asked for them."""
-        dispatch = super().training_dispatch(cid)
+        dispatch = super().training_dispatch(cid, dispatch)
         if not self.pretraining() and cid not in self.statistics:
             dispatch.meta["bn_statistics"] = self.layers
         return dispatch

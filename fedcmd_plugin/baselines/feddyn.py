@@ -31,9 +31,6 @@ class FedDynServer(FederatedServer):
     def round_meta(self):
         return {"feddyn": {"alpha": self.alpha()}}
 
-    def client_model_state(self, cid, kept):
-        """None: clients use the global model, their kept state is the linear term only."""
-
     def aggregate(self, uploads):
         if not uploads:
             return

@@ -27,7 +27,6 @@ from fedcmd_plugin.baselines.common import (
 )
 from fedcmd_plugin.errors import PluginError
 from fedcmd_plugin.federation.client import FederatedClient
-from fedcmd_plugin.federation.messages import Dispatch
 from fedcmd_plugin.federation.seeding import derived_seed
 from fedcmd_plugin.federation.server import FederatedServer
 from fedcmd_plugin.registry import Algorithm, register_algorithm
@@ -95,12 +94,11 @@ class FedFomoServer(FederatedServer):
     def round_meta(self):
         return {"val_ratio": self.conf.fedfomo.val_ratio}
 
-    def dispatch_for(self, cid):
-        """The client's own latest model (the initial model before it first trains)."""
-        return Dispatch(dict(self.latest.get(cid, self._model.state_dict())), self.base_meta(cid))
+    def own_state(self, cid):
+        """The client's own latest model (the shared initial model before it first trains)."""
+        return dict(self.latest.get(cid, {}))
 
-    def training_dispatch(self, cid):
-        dispatch = self.dispatch_for(cid)
+    def training_dispatch(self, cid, dispatch):
         peers = self.round_peers.get(cid, [])
         dispatch.meta["fomo_peers"] = peers
         dispatch.extra = {f"{peer}/{key}": tensor for peer in peers for key, tensor in self.latest[peer].items()

@@ -133,14 +133,23 @@ class FedCMDServer(PersonalizedServer):
         for upload in uploads:
             self.latest.update(upload.cid, {k: upload.state[k] for k in after})
 
-    def dispatch_for(self, cid):
-        dispatch = super().dispatch_for(cid)
+    def shared_state(self):
+        """Reference mode: every client that met no one and has not trained since the decision gets the same mix
+        (its memory row holds only itself), so that mix is part of the shared state."""
+        state = super().shared_state()
         if self.mixes_by_reference():
-            dispatch.state.update(self.reference_mix(cid))
-        return dispatch
+            state.update(self.reference_mix(None))
+        return state
+
+    def own_state(self, cid):
+        own = super().own_state(cid)
+        if self.mixes_by_reference() and (self.similarity.has_met(cid) or cid in self.latest):
+            own.update(self.reference_mix(cid))
+        return own
 
     def reference_mix(self, cid):
-        """Client `cid`'s layers after the personal one: softmax over its memory row of every client's latest."""
+        """Client `cid`'s layers after the personal one: softmax over its memory row of every client's latest
+        (None: any client that met no one and has no latest layers)."""
         after = self.split()[2]
         if not after:
             return {}

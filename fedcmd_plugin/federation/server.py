@@ -1,14 +1,16 @@
 """The server every algorithm builds on: EasyFL's BaseServer with a mode-independent round.
 
-One round: seeded selection -> this rank's share of the clients -> `training_dispatch(cid)` -> client round ->
+One round: seeded selection -> this rank's share of the clients -> `dispatches(cids)` and `training_dispatch` ->
+client round ->
 uploads gathered from all ranks -> `aggregate(uploads)`. Every `test_every` rounds each client's personalised
 model (test_mode=test_in_client) or the global model (test_in_server) is evaluated on each client's test split.
 Every `server.checkpoint_every` rounds, and when the run is stopped (SIGTERM, SIGINT, the remote Stop), the run
 folder gets the checkpoint that `resume` continues from (`federation.checkpoint`).
-Algorithms override `personal_keys`, `dispatch_for` (what a client's model is), `training_dispatch` (what only
-training needs on top), `aggregate`, `round_meta`, `client_model_state` (when a client's model is not the server's
-state plus its kept model keys) and, for what their server keeps between rounds, `algorithm_state` /
-`load_algorithm_state`; the maths they call lives in `fedcmd_plugin.aggregate`.
+Algorithms override `personal_keys`, `shared_state` / `own_state` (what a client loads: the state every client
+shares, and what the server holds for one client alone), `training_dispatch` (what only training needs on top),
+`aggregate`, `round_meta`, `client_own_state` (when a client's own model is not its kept model keys over
+`own_state`) and, for what their server keeps between rounds, `algorithm_state` / `load_algorithm_state`; the
+maths they call lives in `fedcmd_plugin.aggregate`.
 """
 import time
 from dataclasses import asdict
@@ -192,29 +194,27 @@ class FederatedServer(BaseServer):
         self.rounds_done = self.checkpoint_round = saved["round"]
 
     def model_states(self):
-        """Checkpoints: the global model (when the algorithm has one) and every client's personalised state."""
-        states = {}
-        if self.has_global_model:
-            states["global"] = {k: v.detach().cpu() for k, v in self._model.state_dict().items()}
+        """Checkpoints: the shared state (`global` where the algorithm has a global model, else `shared`: what a
+        client without state of its own uses) and, in `clients`, each client's own state only (`client_own_state`).
+        Clients with none are not listed, so 10,000 idle clients cost nothing; a client's model is the shared
+        state updated with its own (`load_run`)."""
+        states = {"global" if self.has_global_model else "shared": cpu_copy(self.shared_state())}
         personal = {}
         for cid in self.client_order:
-            state = self.client_model_state(cid, self.fleet.kept(cid))
-            if state is not None:
-                personal[cid] = {k: v.detach().cpu() for k, v in state.items()}
+            own = self.client_own_state(cid, self.fleet.kept(cid))
+            if own:
+                personal[cid] = cpu_copy(own)
         if personal:
             states["clients"] = personal
         return states
 
     # ----- algorithm hooks ----------------------------------------------------------------------------------
-    def client_model_state(self, cid, kept):
-        """The state dict of the model client `cid` uses (its checkpoint, loadable into the model), from what the
-        server sends it and the client's `kept` state; None where that model is the global one."""
-        if not kept and self.has_global_model:
-            return None
-        state = dict(self.initial_state)
-        state.update(self.dispatch_for(cid).state)
-        state.update(model_entries(kept, state))
-        return state
+    def client_own_state(self, cid, kept):
+        """The entries of client `cid`'s model that are its own (over `shared_state`; {} for a client that uses
+        the shared model): what the server holds for it alone, then its `kept` model keys."""
+        own = self.own_state(cid)
+        own.update(model_entries(kept, self.initial_state))
+        return own
 
     def personal_keys(self):
         """State-dict keys that stay on the clients this round."""
@@ -228,15 +228,27 @@ class FederatedServer(BaseServer):
         """Epochs each client fine-tunes (on a copy) before its personalised test."""
         return self.conf.client.finetune_epoch
 
-    def dispatch_for(self, cid):
-        """What client `cid` loads this round: the global model. Personal keys are sent too, as the starting
-        values of a client that has none yet; a client's kept state always takes precedence over them."""
-        return Dispatch(dict(self._model.state_dict()), self.base_meta(cid))
+    def shared_state(self):
+        """What every client loads unless the server holds something for it alone: the global model."""
+        return dict(self._model.state_dict())
 
-    def training_dispatch(self, cid):
-        """What client `cid` trains from this round: `dispatch_for` plus what only training needs (e.g. other
+    def own_state(self, cid):
+        """What the server holds for client `cid` alone, over `shared_state` ({} for a client without any)."""
+        return {}
+
+    def dispatches(self, cids):
+        """{cid: Dispatch} of what each client loads this round: the shared state (worked out once for all of
+        `cids`: an evaluation dispatches every client) updated with its own. Personal keys are sent too, as the
+        starting values of a client that has none yet; a client's kept state always takes precedence over them."""
+        shared, meta = self.shared_state(), self.round_settings()
+        epochs = self.conf.client.local_epoch
+        return {cid: Dispatch({**shared, **self.own_state(cid)},
+                              {**meta, "local_epoch": self.stragglers.get(cid, epochs)}) for cid in cids}
+
+    def training_dispatch(self, cid, dispatch):
+        """What client `cid` trains from this round: its `dispatch` plus what only training needs (e.g. other
         clients' models), so evaluations and checkpoints never carry it."""
-        return self.dispatch_for(cid)
+        return dispatch
 
     def aggregate(self, uploads):
         """Default: sample-weighted FedAvg of the shared state into the global model."""
@@ -267,15 +279,11 @@ class FederatedServer(BaseServer):
         return [float(u.num_samples) for u in uploads]
 
     # ----- the round ------------------------------------------------------------------------------------------
-    def base_meta(self, cid):
-        conf = self.conf
-        return {"round": self._current_round, "seed": conf.seed, "local_epoch": self.epochs_for(cid),
-                "finetune_epoch": self.finetune_epochs(), "personal_keys": list(self.personal_keys()),
-                **self.round_meta()}
-
-    def epochs_for(self, cid):
-        """Local epochs of `cid` this round: fewer for the round's stragglers (client.straggler_ratio)."""
-        return self.stragglers.get(cid, self.conf.client.local_epoch)
+    def round_settings(self):
+        """The settings every client receives this round; `dispatches` adds each client's local epochs (fewer for
+        the round's stragglers, client.straggler_ratio)."""
+        return {"round": self._current_round, "seed": self.conf.seed, "finetune_epoch": self.finetune_epochs(),
+                "personal_keys": list(self.personal_keys()), **self.round_meta()}
 
     def clients_per_round(self):
         ratio = self.conf.server.join_ratio
@@ -310,7 +318,8 @@ class FederatedServer(BaseServer):
     def train(self):
         self.selection()
         self.grouping_for_distributed()
-        uploads = self.fleet.train({cid: self.training_dispatch(cid) for cid in self.grouped_clients})
+        uploads = self.fleet.train({cid: self.training_dispatch(cid, dispatch)
+                                    for cid, dispatch in self.dispatches(self.grouped_clients).items()})
         uploads = distributed.gather_uploads(uploads)
         self.sync_replicas(uploads)
         uploads.sort(key=lambda u: self.selected_clients.index(u.cid))
@@ -383,7 +392,7 @@ class FederatedServer(BaseServer):
     def evaluate_clients(self, cids, splits):
         """Results per client: its personalised model (test_in_client) or the global model (test_in_server)."""
         if self.conf.test_mode == "test_in_client":
-            return self.fleet.evaluate({cid: self.dispatch_for(cid) for cid in cids}, splits)
+            return self.fleet.evaluate(self.dispatches(cids), splits)
         from fedcmd_plugin.data import load_federated
 
         data = load_federated(self.conf)
@@ -414,3 +423,7 @@ class FederatedServer(BaseServer):
 
     def track_test_results(self, results):
         """Metrics go to the run folder (fedcmd_plugin.tracking), not EasyFL's tracker."""
+
+
+def cpu_copy(state):
+    return {key: value.detach().cpu() for key, value in state.items()}

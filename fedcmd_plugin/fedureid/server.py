@@ -9,7 +9,6 @@ import numpy as np
 
 from fedcmd_plugin import aggregate as agg
 from fedcmd_plugin.errors import DataError
-from fedcmd_plugin.federation.messages import Dispatch
 from fedcmd_plugin.federation.server import FederatedServer
 from fedcmd_plugin.tracking import plots
 
@@ -59,9 +58,9 @@ class FedUReIDServer(FederatedServer):
             "momentum": f.memory_momentum, "reference_images": self.reference_images, "patience": f.patience,
             "precision_threshold": f.precision_threshold, "saturation": f.precision_saturation}}
 
-    def dispatch_for(self, cid):
-        state = self.edge_states.get(cid) or dict(self._model.state_dict())
-        return Dispatch(state, self.base_meta(cid))
+    def own_state(self, cid):
+        """The edge's own model of the personalised update (or of local-only training), once it has one."""
+        return dict(self.edge_states.get(cid, {}))
 
     def aggregate(self, uploads):
         f = self.conf.fedureid

@@ -4,7 +4,6 @@ import torch
 
 from fedcmd_plugin import aggregate as agg
 from fedcmd_plugin.errors import ConfigError
-from fedcmd_plugin.federation.messages import Dispatch
 from fedcmd_plugin.federation.server import FederatedServer
 from fedcmd_plugin.personalized.layers import keys_of_blocks
 from fedcmd_plugin.personalized.similarity import SimilarityMemory
@@ -58,10 +57,8 @@ class PersonalizedServer(FederatedServer):
         return self.keys_of(self.personal_blocks())
 
     # ----- dispatch and aggregation ----------------------------------------------------------------------------
-    def dispatch_for(self, cid):
-        state = dict(self._model.state_dict())
-        state.update(self.client_states.get(cid, {}))
-        return Dispatch(state, self.base_meta(cid))
+    def own_state(self, cid):
+        return dict(self.client_states.get(cid, {}))
 
     def aggregate_by_similarity(self, uploads, keys, signatures):
         """Each uploading client i gets w_i = sum_j Phi_ij w_j / sum_j Phi_ij over `keys`, with Phi the clipped

@@ -39,6 +39,10 @@ class SimilarityMemory:
             for j in range(i + 1, len(cids)):
                 self.set(a, cids[j], values[i][j])
 
+    def has_met(self, cid):
+        """Whether `cid` has met another client."""
+        return cid in self._rows
+
     def partners(self, cid):
         """[(partner, similarity)] of `cid`, itself first (1.0), then the clients it met in the order they met."""
         return [(cid, SELF_SIMILARITY), *self._rows.get(cid, {}).items()]
@@ -90,6 +94,9 @@ class LatestStates:
 
     def load_state(self, state):
         self.states, self.total = dict(state["states"]), dict(state["total"])
+
+    def __contains__(self, cid):
+        return cid in self.states
 
     def update(self, cid, state):
         old = self.states.get(cid)

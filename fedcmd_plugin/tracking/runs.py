@@ -39,24 +39,26 @@ class Run:
         return model.eval()
 
     def state(self, client=None):
-        """The checkpointed state dict of the global model or of `client` (its own, else the global one)."""
+        """The checkpointed state dict of the global model, or of `client`: the shared state (global.pt, or
+        shared.pt where the algorithm has no global model) updated with the client's own state from clients.pt."""
         import torch
 
         folder = self.folder / "checkpoints"
         if not folder.is_dir():
             raise PluginError(f"run {self.folder} has no checkpoints/ (output.save_model was false)")
-        if client is not None:
-            if client not in self.clients:
-                raise PluginError(f"run {self.folder} has no client {client!r}; its clients: "
-                                  f"{', '.join(self.clients)}")
-            own = folder / "clients.pt"
-            states = torch.load(own, map_location="cpu", weights_only=True) if own.is_file() else {}
-            if client in states:
-                return states[client]
-        if not (folder / "global.pt").is_file():
-            raise PluginError(f"run {self.folder} has no global model (algorithm {self.config.algorithm!r} keeps a "
-                              f"model per client): name a client, e.g. model('{self.clients[0]}')")
-        return torch.load(folder / "global.pt", map_location="cpu", weights_only=True)
+
+        def load(name):
+            path = folder / name
+            return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else {}
+
+        if client is None:
+            if not (folder / "global.pt").is_file():
+                raise PluginError(f"run {self.folder} has no global model (algorithm {self.config.algorithm!r} "
+                                  f"keeps a model per client): name a client, e.g. model('{self.clients[0]}')")
+            return load("global.pt")
+        if client not in self.clients:
+            raise PluginError(f"run {self.folder} has no client {client!r}; its clients: {', '.join(self.clients)}")
+        return {**(load("global.pt") or load("shared.pt")), **load("clients.pt").get(client, {})}
 
 
 def load_run(folder):
