@@ -20,7 +20,7 @@ def test_a_short_last_batch_is_merged(n, size, min_last, expected):
     assert batch_bounds(n, size, min_last) == expected
 
 
-@pytest.mark.parametrize("algorithm", ["fedavg", "fedbn"])
+@pytest.mark.parametrize("algorithm", [pytest.param("fedavg", marks=pytest.mark.slow), "fedbn"])
 def test_cnn_trains_when_a_client_ends_on_a_batch_of_one(small_digits_config, algorithm):
     """model=cnn sees 1x1 maps in its last block on 8x8 digits: a single sample there cannot be normalised."""
     probe = small_digits_config()

@@ -60,6 +60,7 @@ def test_too_few_rounds_for_the_selection_phase_is_a_config_error(tmp_run_dir):
     assert not tmp_run_dir.run_folders()  # refused before any run folder was made
 
 
+@pytest.mark.slow
 def test_default_selection_phase_is_a_tenth_of_the_rounds(tmp_run_dir):
     result = run("fedcmd", tmp_run_dir, "server.rounds=12", "server.test_every=12", "client.local_epoch=1",
                  "server.clients_per_round=4", "fedcmd.selection_rounds=null")

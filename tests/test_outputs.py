@@ -78,7 +78,7 @@ def test_load_run_gives_the_models_the_run_evaluated(small_digits_config, algori
 
 
 @pytest.mark.parametrize("algorithm,prefix,shared", [
-    ("fedavg", None, "global.pt"), ("fedper", "blocks.classifier.", "shared.pt"),
+    pytest.param("fedavg", None, "global.pt", marks=pytest.mark.slow), ("fedper", "blocks.classifier.", "shared.pt"),
     pytest.param("fedcmd", "blocks.", "shared.pt", marks=pytest.mark.slow)])
 def test_checkpoints_hold_each_clients_own_state_only(small_digits_config, algorithm, prefix, shared):
     """clients.pt lists the clients with state of their own, and only that state; the rest is global.pt/shared.pt."""
