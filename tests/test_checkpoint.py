@@ -434,3 +434,32 @@ def test_sigterm_to_the_launcher_stops_every_rank_after_the_same_round(tmp_path)
     assert status(run)["state"] == "complete"
     rounds = CASES["fedavg"][2]
     assert [m["round"] for m in json.loads((run / "metrics.json").read_text())] == list(range(1, rounds + 1))
+
+
+# ----- algorithms with state beyond the model ----------------------------------------------------------------------
+STATEFUL = {  # overrides; what the checkpoint must carry for a resume to continue exactly
+    "feddyn": ["algorithm=feddyn"],  # the server's h, every client's linear term
+    "ditto": ["algorithm=ditto"],  # every client's personal model
+    "apfl": ["algorithm=apfl"],  # every client's personal model and its adapted alpha
+    "fedfomo": ["algorithm=fedfomo"],  # every client's latest model and the affinity matrix
+    "fedap": ["algorithm=fedap", "model=lenet5_bn", "fedap.pretrain_rounds=1"],  # statistics and aggregates
+}
+STOP_AFTER = 2  # rounds the interrupted run does before it is stopped and checkpointed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", sorted(STATEFUL))
+def test_algorithms_with_state_resume_to_the_uninterrupted_results(algorithm, tmp_path, monkeypatch):
+    """Stopped after round 2 (the checkpoint written on stop), then resumed: the same per-client results as the
+    run that was never stopped, which needs the server's and the clients' state beyond the model."""
+    from fedcmd_plugin.federation.server import FederatedServer
+
+    extra = STATEFUL[algorithm]
+    uninterrupted = run_experiment(digits_config(tmp_path / "whole", *extra))["folder"]
+    asked = FederatedServer.should_stop
+    with monkeypatch.context() as patch:
+        patch.setattr(FederatedServer, "should_stop", lambda self: self.rounds_done >= STOP_AFTER or asked(self))
+        folder = run_experiment(digits_config(tmp_path / "runs", *extra))["folder"]
+    assert status(folder)["state"] == "stopped" and checkpoint_round(folder) == STOP_AFTER
+    run_experiment(digits_config(tmp_path / "runs", *extra, resume_override(folder)))
+    assert_same_results(folder, uninterrupted)
