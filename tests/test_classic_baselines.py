@@ -142,21 +142,26 @@ def test_fedbn_keeps_batch_norm_weights_and_statistics_local_and_averages_the_re
 
 
 # ------------------------------------------------------------------------------------------------------ FedPer
+def assert_keeps_and_averages(server, clients, kept, shared):
+    """One round: uploads carry exactly `shared`, which the server averages by samples; `kept` stays on the
+    clients, differs between them and is what each client's model uses, over the averaged rest."""
+    start = global_state(server)
+    uploads = play(server, 0)
+    assert all(sorted(upload.state) == sorted(shared) for upload in uploads.values())
+    assert_sample_weighted_means(server, uploads, shared)
+    assert_unchanged(server, start, kept)
+    assert all(sorted(client.kept) == sorted(kept) for client in clients)
+    assert not torch.allclose(clients[0].kept[kept[0]], clients[1].kept[kept[0]])
+    for client in clients:
+        used, merged = used_model(server, client), global_state(server)
+        assert all(torch.equal(used[key], client.kept[key]) for key in kept)
+        assert all(torch.equal(used[key], merged[key]) for key in shared)
+
+
 def test_fedper_keeps_the_head_and_averages_the_body(federation):
     server, clients = federation("fedper", DATA)
     assert server.personal_keys() == HEAD
-    start = global_state(server)
-    uploads = play(server, 0)
-    body = FC1 + FC2
-    assert all(sorted(upload.state) == sorted(body) for upload in uploads.values())
-    assert_sample_weighted_means(server, uploads, body)
-    assert_unchanged(server, start, HEAD)
-    assert all(sorted(client.kept) == sorted(HEAD) for client in clients)
-    assert not torch.allclose(clients[0].kept[HEAD[0]], clients[1].kept[HEAD[0]])
-    for client in clients:
-        used, merged = used_model(server, client), global_state(server)
-        assert all(torch.equal(used[key], client.kept[key]) for key in HEAD)
-        assert all(torch.equal(used[key], merged[key]) for key in body)
+    assert_keeps_and_averages(server, clients, kept=HEAD, shared=FC1 + FC2)
 
 
 def test_fedper_personal_blocks_are_configurable_and_the_body_mean_is_sample_weighted(federation):
@@ -206,17 +211,7 @@ def test_lg_fedavg_keeps_the_body_and_averages_the_head(federation):
     server, clients = federation("lg_fedavg", DATA)
     body = FC1 + FC2
     assert server.personal_keys() == body  # FedPer's split the other way round
-    start = global_state(server)
-    uploads = play(server, 0)
-    assert all(sorted(upload.state) == sorted(HEAD) for upload in uploads.values())
-    assert_sample_weighted_means(server, uploads, HEAD)
-    assert_unchanged(server, start, body)
-    assert all(sorted(client.kept) == sorted(body) for client in clients)
-    assert not torch.allclose(clients[0].kept[FC1[0]], clients[1].kept[FC1[0]])
-    for client in clients:
-        used, merged = used_model(server, client), global_state(server)
-        assert all(torch.equal(used[key], client.kept[key]) for key in body)
-        assert all(torch.equal(used[key], merged[key]) for key in HEAD)
+    assert_keeps_and_averages(server, clients, kept=body, shared=HEAD)
     configured, _ = federation("lg_fedavg", DATA, "personalization.personal_blocks=[fc1]")
     assert configured.personal_keys() == FC1
 
