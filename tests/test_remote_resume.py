@@ -36,9 +36,9 @@ def test_the_store_keeps_what_a_resume_or_a_restart_can_need(tmp_path):
     assert latest == 5 and torch.equal(kept["w"], torch.full((2,), 5.0)) and kept["step"] == 5
     assert store.latest("run1", "c000", at_most=4)[0] == 3
     assert store.latest("run1", "c000", at_most=0) is None and store.latest("run2", "c000") is None
-    store.forget_before("run1", "c000", checkpointed=4)  # a resume after round 4 needs the snapshot of round 3
+    store.forget_before("run1", "c000", 3)  # the server's checkpoint goes with the snapshot after round 3
     assert sorted(store.snapshots("run1", "c000")) == [3, 5]
-    store.forget_before("run1", "c000", checkpointed=0)  # nothing checkpointed yet: nothing can go
+    store.forget_before("run1", "c000", 0)  # nothing counted yet: nothing can go
     assert sorted(store.snapshots("run1", "c000")) == [3, 5]
     store.forget_after("run1", "c000", 3)
     assert sorted(store.snapshots("run1", "c000")) == [3]
@@ -80,32 +80,44 @@ def service_with(store):
     return service
 
 
-def train(service, round_index, checkpointed=0, resume_after=None, initial=None):
-    sent = wrap(Dispatch({"w": torch.zeros(1)}, {"round": round_index}), "ab" * 32, None, initial, checkpointed,
-                resume_after)
+def train(service, round_index, keep_from=0, snapshot=None):
+    """One training request; `snapshot` set: a first contact (with the run's initial state) naming the snapshot
+    the server counts. The rounds the client's state has trained in."""
+    initial = None if snapshot is None else {}
+    sent = wrap(Dispatch({"w": torch.zeros(1)}, {"round": round_index}), "ab" * 32, None, initial, keep_from,
+                snapshot)
     dispatch, envelope, initial = unwrap(Dispatch.from_bytes(sent.to_bytes()))
     service.work("c000", TRAIN, "run1", round_index, dispatch, envelope, initial)
-    return service.clients["c000"].kept["trained"].tolist()
+    client = service.clients.get("c000")
+    return client.kept["trained"].tolist() if client else None
 
 
 def test_a_restarted_service_and_a_resumed_server_find_the_right_state(tmp_path):
     store = KeptStore(tmp_path)
     service = service_with(store)
-    assert train(service, 0, initial={}) == [0]
+    assert train(service, 0, snapshot=0) == [0]
     assert train(service, 2) == [0, 2]
-    assert train(service, 3, checkpointed=3) == [0, 2, 3]
-    assert sorted(store.snapshots("run1", "c000")) == [3, 4]  # after 1 round (round 0) is older than a resume needs
+    assert train(service, 3, keep_from=3) == [0, 2, 3]
+    assert sorted(store.snapshots("run1", "c000")) == [3, 4]  # after round 1 (index 0) is older than needed
     restarted = service_with(store)  # a new process: no client objects, the same folder
-    assert train(restarted, 4, checkpointed=3, initial={}) == [0, 2, 3, 4]
-    # The server is killed after round 5 and resumed from its checkpoint of 3 rounds: the client is rolled back to
-    # its state after round 3 (index 2), in the service that still holds the later one as well.
-    assert train(restarted, 5, checkpointed=3) == [0, 2, 3, 4, 5]
-    assert train(restarted, 3, checkpointed=3, resume_after=3, initial={}) == [0, 2, 3]
+    assert train(restarted, 4, keep_from=3) == [0, 2, 3, 4]  # its latest snapshot
+    assert train(restarted, 5, keep_from=3) == [0, 2, 3, 4, 5]
+    # The server is killed after round 6 and resumed from its checkpoint, which counts the client's state after
+    # round 3 (index 2): the client is rolled back in the service that still holds the later state as well.
+    assert train(restarted, 3, keep_from=3, snapshot=3) == [0, 2, 3]
     assert sorted(store.snapshots("run1", "c000")) == [3, 4]
-    assert restarted.sent == [4, 5, 3]
+    assert train(restarted, 4, keep_from=3, snapshot=4) == [0, 2, 3, 4]  # the state it holds is the one counted
+    assert restarted.sent == [4, 5, 3, 4]
 
 
-@pytest.mark.parametrize("entry", ["checkpointed", "resume_after"])
+def test_a_snapshot_the_server_counts_but_the_client_lacks_is_an_error(tmp_path):
+    """A lost state folder never passes for a fresh start: the request fails and the client gets no object."""
+    service = service_with(KeptStore(tmp_path / "lost"))
+    assert train(service, 5, snapshot=4) is None and service.sent == [5]  # the error report went out
+    assert not KeptStore(tmp_path / "lost").snapshots("run1", "c000")
+
+
+@pytest.mark.parametrize("entry", ["keep_from", "snapshot"])
 @pytest.mark.parametrize("value", [-1, 1.5, "3", True])
 def test_envelope_round_counts_must_be_counts(entry, value):
     sent = wrap(Dispatch({"w": torch.zeros(1)}, {"round": 0}), "ab" * 32)

@@ -11,9 +11,11 @@ JSON error report in `content.extra` when the work failed (the server then leave
 
 Each run (task id) starts from fresh client objects: nothing of one run's state carries over to the next.
 After every round a client trained, its kept state is written to `remote.state_dir` (`kept_store`) before the
-upload goes out: a client object made again in the same run (the service restarted) continues from its latest
-snapshot, and the first request of a resumed run (`resume_after` in the envelope) rolls it back to the state
-after the round the server's checkpoint holds.
+upload goes out. A first contact (`snapshot` in the envelope: a new run, a resumed one, a client back after
+missing a round) names the round after which the client's state is the one the server counts: the client takes
+up that snapshot (dropping later ones, of rounds that run again); one it does not have is an error, never a
+silent fresh start. A client object made again without that (the service restarted between two requests)
+continues from its latest snapshot.
 """
 import queue
 import threading
@@ -64,6 +66,7 @@ class ClientService(client_grpc.ClientServiceServicer):
         self.task_id = None
         self.run_initial = None  # the current run's initial state, as received from the server
         self.clients = {}  # cid -> this run's client object
+        self.state_round = {}  # cid -> the rounds after which its client object's state was written
         self.busy = set()  # cids with a request queued or running
         self.lock = threading.Lock()
         self.jobs = queue.Queue()
@@ -116,10 +119,12 @@ class ClientService(client_grpc.ClientServiceServicer):
                 if kind == TRAIN:
                     content = self.train(client, dispatch)
                     self.store.save(task_id, cid, round_id + 1, client.kept)  # before the server can count it
-                    self.store.forget_before(task_id, cid, envelope["checkpointed"])
+                    self.state_round[cid] = round_id + 1
+                    self.store.forget_before(task_id, cid, envelope["keep_from"])
                 else:
                     content = self.test(client, dispatch, envelope)
             except Exception as exc:  # reported to the server, which leaves this client out of the round
+                self.clients.pop(cid, None)  # its state may be half-trained: the next request takes up a snapshot
                 self.log.error(f"client {cid}: {kind} of round {round_id + 1} failed: {one_line(exc)}", exc_info=True)
                 content = server_pb.UploadContent(type=content_type, extra=to_json({"error": one_line(exc)}))
         finally:
@@ -129,32 +134,40 @@ class ClientService(client_grpc.ClientServiceServicer):
         self.send(request, ((UPLOAD_MAC, sign_upload(envelope["ticket"], request)),))
 
     def client_for(self, cid, task_id, initial, envelope):
-        """This run's object for client `cid`; a new run (task id) starts from fresh client objects, a client made
-        again during a run from its latest snapshot, a resumed run from its snapshot of the resumed round."""
+        """This run's object for client `cid`, holding the state the server counts (see the module's docstring)."""
         if task_id != self.task_id:
-            self.task_id, self.run_initial, self.clients = task_id, None, {}
+            self.task_id, self.run_initial, self.clients, self.state_round = task_id, None, {}, {}
             self.log.info(f"client {self.describe()}: run {task_id}")
         if initial is not None:
             self.run_initial = {**self.own_initial, **initial}
-        resume_after = envelope.get("resume_after")
-        client = None if resume_after is not None else self.clients.get(cid)
-        if client is None:
-            if self.run_initial is None:
-                self.log.warning(f"client {cid}: joined run {task_id} without its initial state (restarted during "
-                                 "the run?); starting from the state built from the config")
-            client = self.clients[cid] = self.make_client(cid, self.run_initial or dict(self.own_initial))
-            self.restore(client, task_id, resume_after)
-        elif initial is not None:
-            client.initial_state = self.run_initial
+        expected = envelope.get("snapshot")
+        client = self.clients.get(cid)
+        if client is not None and expected in (None, self.state_round[cid]):
+            if initial is not None:
+                client.initial_state = self.run_initial
+            return client
+        if self.run_initial is None:
+            self.log.warning(f"client {cid}: joined run {task_id} without its initial state (restarted during the "
+                             "run?); starting from the state built from the config")
+        client = self.make_client(cid, self.run_initial or dict(self.own_initial))
+        self.state_round[cid] = self.restore(client, task_id, expected)
+        self.clients[cid] = client
         return client
 
-    def restore(self, client, task_id, resume_after):
-        if resume_after is not None:
-            self.store.forget_after(task_id, client.cid, resume_after)
-        snapshot = self.store.latest(task_id, client.cid, resume_after)
+    def restore(self, client, task_id, expected):
+        """Put the snapshot after round `expected` (None: the latest) into `client`; the rounds it holds."""
+        if expected is not None:
+            self.store.forget_after(task_id, client.cid, expected)
+        snapshot = self.store.latest(task_id, client.cid, expected)
+        found = snapshot[0] if snapshot else 0
+        if expected is not None and found != expected:
+            raise PluginError(f"client {client.cid}: the server counts its state after round {expected} of run "
+                              f"{task_id}, but {self.store.root} holds {f'round {found}' if found else 'none'}: "
+                              "was remote.state_dir lost or changed?")
         if snapshot is not None:
             client.kept = snapshot[1]
-            self.log.info(f"client {client.cid}: continues run {task_id} from its state after round {snapshot[0]}")
+            self.log.info(f"client {client.cid}: continues run {task_id} from its state after round {found}")
+        return found
 
     def train(self, client, dispatch):
         upload = client.run_round(dispatch)

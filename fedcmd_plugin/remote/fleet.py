@@ -8,8 +8,10 @@ Clients that refuse, cannot be reached, report an error, send an answer that fai
 are left out of the round (a warning names each one; `missing_clients` / `missing_eval_clients` and
 `rejected_uploads` / `rejected_eval_uploads` go into the round's metrics); the round goes on with the others.
 A round without any answer is an error.
-Every request tells the client how many rounds the server's checkpoint holds; after a resume, each client's
-first request also says which round the run continues after, so that it takes up its own state from then
+Every request tells the client which of its snapshots the server's checkpoint goes with (older ones can go),
+and every first contact (a new
+run, a resumed one, a client back after missing a round) which of its snapshots the server's state goes with:
+the one after the last round the server counted its training, so that the client takes up exactly that state
 (`kept_store`).
 """
 import threading
@@ -50,9 +52,8 @@ class RemoteFleet:
         self.channels = {e.address: transport.channel(e.address) for e in self.endpoints.values()}
         self.stubs = {address: client_grpc.ClientServiceStub(chan) for address, chan in self.channels.items()}
         self.initialised = set()  # clients that received this run's initial state
-        self.checkpoint_round = 0  # the rounds the server's latest checkpoint holds
-        self.resume_after = None  # a resumed run: the round its checkpoint holds, until every client has heard it
-        self.resumed = set()  # clients told to take up their state after `resume_after` rounds
+        self.checkpointed_rounds = {}  # `trained` as the server's latest checkpoint holds it
+        self.trained = {}  # cid -> the rounds done after the last round whose training of it the server counted
         self.lock = threading.Lock()
         self.pool = ThreadPoolExecutor(max_workers=max(1, min(32, len(self.endpoints))),
                                        thread_name_prefix="fedcmd-operate")
@@ -73,6 +74,8 @@ class RemoteFleet:
     def train(self, dispatches):
         """{cid: Dispatch} -> [Upload] of the clients that answered in time."""
         results = self.request(TRAIN, dispatches)
+        round_index = int(next(iter(dispatches.values())).meta["round"])
+        self.trained.update({cid: round_index + 1 for cid in results})
         return [results[cid] for cid in dispatches if cid in results]
 
     def evaluate(self, dispatches, splits):
@@ -90,12 +93,14 @@ class RemoteFleet:
     def checkpointed(self, rounds_done):
         """The run and its clients, for the checkpoint after `rounds_done` rounds; the clients learn of it with
         their next request and drop the snapshots a resume can no longer need."""
-        self.checkpoint_round = int(rounds_done)
-        return {"mode": "remote", "run_id": self.tickets.run_id, "clients": self.client_ids()}
+        self.checkpointed_rounds = dict(self.trained)
+        return {"mode": "remote", "run_id": self.tickets.run_id, "clients": self.client_ids(),
+                "trained": dict(self.trained)}
 
     def resume(self, rounds_done, saved):
-        """The run continues after `rounds_done` rounds: each client's first request says so."""
-        self.checkpoint_round = self.resume_after = int(rounds_done)
+        """The run continues after `rounds_done` rounds: each client's first request names the snapshot it takes up."""
+        self.trained = {cid: int(rounds) for cid, rounds in saved["trained"].items()}
+        self.checkpointed_rounds = dict(self.trained)
 
     def close(self):
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -148,9 +153,10 @@ class RemoteFleet:
         try:
             with self.lock:
                 initial = None if cid in self.initialised else self.initial_state
-                resume_after = None if cid in self.resumed else self.resume_after
+                snapshot = None if initial is None else self.trained.get(cid, 0)
             ticket = self.tickets.issue(round_index, kind, cid)
-            payload = wrap(dispatch, ticket, splits, initial, self.checkpoint_round, resume_after).to_bytes()
+            keep_from = self.checkpointed_rounds.get(cid, 0)
+            payload = wrap(dispatch, ticket, splits, initial, keep_from, snapshot).to_bytes()
             request = client_pb.OperateRequest(
                 type=client_pb.OP_TYPE_TRAIN if kind == TRAIN else client_pb.OP_TYPE_TEST, model=payload,
                 data_index=endpoint.index, config=self.operate_config(dispatch, round_index))
@@ -163,11 +169,9 @@ class RemoteFleet:
             name = common_pb.StatusCode.Name(response.status.code)
             waiter.fail(cid, f"refused the request ({name}: {response.status.message})")
             return
-        with self.lock:
-            if initial is not None:
+        if initial is not None:
+            with self.lock:
                 self.initialised.add(cid)
-            if resume_after is not None:
-                self.resumed.add(cid)
 
     def operate_config(self, dispatch, round_index):
         """EasyFL's per-request settings (informative: the client follows the Dispatch and its own config)."""

@@ -4,10 +4,11 @@ In remote mode a client's own state (personal layers, memories) never leaves its
 checkpoint cannot hold it. The service writes it here instead, as `<remote.state_dir>/<run id>/<client>/after-
 <rounds>.pt` (atomically, read back with `weights_only=True`), so that
 * a client service restarted during a run continues from its client's latest state, and
-* a server resumed from its checkpoint after round k (`remote server --resume`) gets every client's state as it
-  was after round k: the latest snapshot of at most k rounds; the later ones belong to rounds that run again.
-The server tells the clients up to which round its checkpoint reaches; older snapshots than the one a resume
-could need are then removed, so a client keeps about `server.checkpoint_every` snapshots at most.
+* on first contact (a new run, a server resumed from its checkpoint with `remote server --resume`, a client back
+  after missing a round) the client takes up exactly the snapshot the server names: the one after the last round
+  whose training of it the server counted; later ones belong to rounds that run again.
+The server tells each client which of its snapshots its checkpoint goes with; older ones are then removed, so a
+client keeps about `server.checkpoint_every` snapshots at most.
 """
 import io
 import re
@@ -66,13 +67,11 @@ class KeptStore:
             raise PluginError(f"client {cid}: {path} does not hold a state dict")
         return max(rounds), kept
 
-    def forget_before(self, run_id, cid, checkpointed):
-        """The server's checkpoint holds `checkpointed` rounds: a resume needs at most the latest snapshot of that
-        many rounds or fewer, so older ones go."""
-        found = self.snapshots(run_id, cid)
-        needed = [r for r in found if r <= checkpointed]
-        for rounds, path in found.items():
-            if needed and rounds < max(needed):
+    def forget_before(self, run_id, cid, oldest_needed):
+        """A resume from the server's checkpoint needs the snapshot after round `oldest_needed` (or a later one
+        for the live run), so older ones go."""
+        for rounds, path in self.snapshots(run_id, cid).items():
+            if rounds < oldest_needed:
                 path.unlink(missing_ok=True)
 
     def forget_after(self, run_id, cid, rounds_done):

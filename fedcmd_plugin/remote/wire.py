@@ -116,14 +116,15 @@ def from_json_object(payload, what):
 
 
 # ----- the envelope around a Dispatch ----------------------------------------------------------------------------
-def wrap(dispatch, ticket, splits=None, initial_state=None, checkpointed=0, resume_after=None):
+def wrap(dispatch, ticket, splits=None, initial_state=None, keep_from=0, snapshot=None):
     """The Dispatch a client service receives: the algorithm's Dispatch plus, in a reserved meta entry, the
-    client's upload ticket, the evaluation splits, the rounds the server's checkpoint holds (`checkpointed`) and,
-    on the first contact of a resumed run, the round it resumes after; on first contact in a run the run's
-    initial state is in reserved extra entries."""
-    envelope = {"ticket": ticket, "checkpointed": int(checkpointed)}
-    if resume_after is not None:
-        envelope["resume_after"] = int(resume_after)
+    client's upload ticket, the evaluation splits, its oldest snapshot a resume from the server's checkpoint needs
+    (`keep_from`) and,
+    on first contact, the run's initial state (in reserved extra entries) and the round after which the client's
+    state is the one the server counts (`snapshot`; 0: it has not trained yet)."""
+    envelope = {"ticket": ticket, "keep_from": int(keep_from)}
+    if snapshot is not None:
+        envelope["snapshot"] = int(snapshot)
     extra = dict(dispatch.extra)
     if splits is not None:
         envelope["splits"] = list(splits)
@@ -142,7 +143,7 @@ def unwrap(dispatch):
     ticket = envelope.get("ticket") if isinstance(envelope, dict) else None
     if not isinstance(ticket, str) or len(ticket) != 64 or set(ticket) - set(string.hexdigits):
         raise RemoteError("dispatch envelope is malformed or carries no upload ticket")
-    for key in ("checkpointed", "resume_after"):
+    for key in ("keep_from", "snapshot"):
         value = envelope.get(key, 0)
         if type(value) is not int or value < 0:
             raise RemoteError(f"dispatch envelope entry {key!r} must be a round count (an integer >= 0)")
