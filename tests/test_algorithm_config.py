@@ -5,9 +5,9 @@ import yaml
 
 import fedcmd_plugin
 from fedcmd_plugin import registry
-from fedcmd_plugin.baselines.common import classification_model
 from fedcmd_plugin.federation.client import FederatedClient
 from fedcmd_plugin.federation.server import FederatedServer
+from fedcmd_plugin.models import classification_model
 
 SEEN = []  # the setting each client reports it trained with (clients may run in worker processes)
 
@@ -55,9 +55,9 @@ def test_declared_section_is_checked_like_the_plugins_own(demo):
 
 
 def test_declared_section_appears_in_show_config(demo, capsys):
-    from fedcmd_plugin.cli import main
-
     from conftest import CONFIGS
+
+    from fedcmd_plugin.cli import main
 
     assert main(["show-config", str(CONFIGS / "fedavg_digits.yaml"), "demo.strength=0.2"]) == 0
     shown = yaml.safe_load(capsys.readouterr().out)

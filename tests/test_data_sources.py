@@ -10,8 +10,15 @@ import numpy as np
 import pytest
 
 from fedcmd_plugin import DataError
-from fedcmd_plugin.data.sources import FMNIST_DIR, IDX_FILES, load_cifar10, load_digits, load_fmnist, load_images, \
-    read_idx
+from fedcmd_plugin.data.sources import (
+    FMNIST_DIR,
+    IDX_FILES,
+    load_cifar10,
+    load_digits,
+    load_fmnist,
+    load_images,
+    read_idx,
+)
 
 
 def assert_standardised(images):
@@ -600,8 +607,8 @@ def test_natural_split_on_a_data_set_without_writers_is_a_config_error(tmp_path)
 def test_model_auto_fits_each_data_set(tmp_path, dataset, write, expected):
     import torch
 
-    from fedcmd_plugin.baselines.common import classification_model
     from fedcmd_plugin.data import load_federated
+    from fedcmd_plugin.models import classification_model
 
     write(tmp_path / dataset)
     conf = data_config(tmp_path, dataset, tmp_path / dataset, "data.split_type=iid", "data.num_of_clients=2",

@@ -3,11 +3,10 @@ import json
 
 import pytest
 import torch
+from conftest import CONFIGS
 
 from fedcmd_plugin import aggregate
 from fedcmd_plugin.cli import run_experiment
-
-from conftest import CONFIGS
 
 TINY = ["fedureid.synthetic.edges=2", "fedureid.synthetic.identities=8", "fedureid.synthetic.test_identities=6",
         "fedureid.synthetic.cameras=3", "fedureid.synthetic.images_per_camera=3", "server.rounds=2",
@@ -54,7 +53,7 @@ def test_local_only_edges_never_share_their_model(tmp_run_dir):
 def run_config_initial_state(tmp_run_dir):
     from fedcmd_plugin import load_config
     from fedcmd_plugin.data import load_federated
-    from fedcmd_plugin.fedureid.algorithm import reid_model
+    from fedcmd_plugin.models.reid import reid_model
 
     conf = load_config(CONFIGS / "fedureid_local_synthetic.yaml", [*TINY, *tmp_run_dir])
     torch.manual_seed(conf.seed)

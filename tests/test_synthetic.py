@@ -87,8 +87,8 @@ def synthetic_config(tmp_path, *overrides):
 
 
 def test_federated_synthetic_data_one_client_per_device_and_model_auto(tmp_path):
-    from fedcmd_plugin.baselines.common import classification_model
     from fedcmd_plugin.data import load_federated
+    from fedcmd_plugin.models import classification_model
 
     conf = synthetic_config(tmp_path, "data.synthetic.mean_samples=30", "seed=4")
     data = load_federated(conf)
@@ -132,9 +132,9 @@ def test_a_hundred_thousand_devices_are_two_pooled_tensors(tmp_path):
 def test_algorithms_run_on_synthetic_end_to_end(tmp_run_dir, algorithm):
     import json
 
-    from fedcmd_plugin.cli import run_experiment
-
     from conftest import CONFIGS
+
+    from fedcmd_plugin.cli import run_experiment
 
     result = run_experiment(load_config(CONFIGS / f"{algorithm}_synthetic.yaml", [
         "data.num_of_clients=8", "data.synthetic.mean_samples=24", "server.rounds=3", "server.clients_per_round=4",

@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from fedcmd_plugin import aggregate as agg
-from fedcmd_plugin.baselines.common import as_kept, classification_model, personal_model
+from fedcmd_plugin.baselines.common import as_kept, personal_model
 from fedcmd_plugin.federation.client import FederatedClient
 from fedcmd_plugin.federation.server import FederatedServer
+from fedcmd_plugin.models import classification_model
 from fedcmd_plugin.registry import Algorithm, register_algorithm
 
 ALPHA = "apfl.alpha"  # kept-state name of a client's mixing weight (a 0-dim tensor)

@@ -1,30 +1,12 @@
-"""What the baselines share: the classification model builder, the flat form of per-client server state, and the
-client machinery of the regularised objectives."""
+"""What the baselines share: the flat form of per-client server state and the client machinery of the regularised
+objectives."""
 from contextlib import contextmanager
 
 from fedcmd_plugin import aggregate as agg
-from fedcmd_plugin.errors import ConfigError, PluginError
+from fedcmd_plugin.errors import PluginError
 from fedcmd_plugin.federation.client import FederatedClient
-from fedcmd_plugin.models import build_model
-
-ALIASES = {"lenet": "lenet5"}  # EasyFL's default model name
-
-
-def auto_model(info):
-    """`model: auto`: LeNet-5 for images, the MLP for feature vectors (data sets of vectors have image_size 1)."""
-    return "mlp" if info.image_size == 1 else "lenet5"
-
 
 PERSONAL = "personal."  # kept-state names of a client's own model beside the global one (Ditto, APFL)
-
-
-def classification_model(conf, info):
-    """The configured classifier for the data."""
-    if info.task != "classification":
-        raise ConfigError(f"algorithm {conf.algorithm!r} needs a classification data set; "
-                          f"data.dataset {conf.data.dataset!r} is a {info.task} data set")
-    name = auto_model(info) if conf.model == "auto" else ALIASES.get(conf.model, conf.model)
-    return build_model(name, info.in_channels, info.num_classes, info.image_size)
 
 
 def flatten_states(states):

@@ -5,9 +5,14 @@ Choices: v starts from the first global model the client receives (w^0 for clien
 paper); a client that never trained is tested with the global model; ditto.personal_epochs null = the round's
 local epochs (fewer for stragglers).
 """
-from fedcmd_plugin.baselines.common import (RegularisedClient, as_kept, classification_model, parameters_of,
-                                            personal_model)
+from fedcmd_plugin.baselines.common import (
+    RegularisedClient,
+    as_kept,
+    parameters_of,
+    personal_model,
+)
 from fedcmd_plugin.federation.server import FederatedServer
+from fedcmd_plugin.models import classification_model
 from fedcmd_plugin.registry import Algorithm, register_algorithm
 
 

@@ -17,12 +17,9 @@ every round, as in the paper's experiments, that is the paper's full matrix).
 import torch
 
 from fedcmd_plugin import aggregate as agg
-from fedcmd_plugin.baselines.common import (
-    classification_model,
-    flatten_states,
-    nested_states,
-)
+from fedcmd_plugin.baselines.common import flatten_states, nested_states
 from fedcmd_plugin.errors import ConfigError
+from fedcmd_plugin.models import classification_model
 from fedcmd_plugin.personalized.client import PersonalizedClient
 from fedcmd_plugin.personalized.layers import BATCH_NORMS, bn_keys
 from fedcmd_plugin.personalized.server import PersonalizedServer

@@ -1,7 +1,7 @@
 """FedAvg: EasyFL's own behaviour (sample-weighted average of the whole model) on the plugin's round."""
-from fedcmd_plugin.baselines.common import classification_model
 from fedcmd_plugin.federation.client import FederatedClient
 from fedcmd_plugin.federation.server import FederatedServer
+from fedcmd_plugin.models import classification_model
 from fedcmd_plugin.registry import Algorithm, register_algorithm
 
 

@@ -1,7 +1,7 @@
 """FedBABU: the head stays at its shared random initialisation during federated training (only the body is
 trained and FedAvg-aggregated); each client fine-tunes before its personalised test (client.finetune_epoch)."""
-from fedcmd_plugin.baselines.common import classification_model
 from fedcmd_plugin.federation.server import FederatedServer
+from fedcmd_plugin.models import classification_model
 from fedcmd_plugin.personalized.client import PersonalizedClient
 from fedcmd_plugin.registry import Algorithm, register_algorithm
 

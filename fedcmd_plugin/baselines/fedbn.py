@@ -1,6 +1,6 @@
 """FedBN: BatchNorm parameters and statistics stay on each client; everything else is FedAvg-aggregated.
 Use a model with BatchNorm (lenet5_bn or cnn); on a model without it FedBN is FedAvg."""
-from fedcmd_plugin.baselines.common import classification_model
+from fedcmd_plugin.models import classification_model
 from fedcmd_plugin.personalized.client import PersonalizedClient
 from fedcmd_plugin.personalized.layers import bn_keys
 from fedcmd_plugin.personalized.server import PersonalizedServer

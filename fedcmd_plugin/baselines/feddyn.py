@@ -12,9 +12,10 @@ the local problem is solved inexactly by the configured local epochs of SGD, as 
 import torch
 
 from fedcmd_plugin import aggregate as agg
-from fedcmd_plugin.baselines.common import RegularisedClient, classification_model, parameters_of
+from fedcmd_plugin.baselines.common import RegularisedClient, parameters_of
 from fedcmd_plugin.errors import PluginError
 from fedcmd_plugin.federation.server import FederatedServer
+from fedcmd_plugin.models import classification_model
 from fedcmd_plugin.registry import Algorithm, register_algorithm
 
 GRADIENT = "feddyn.gradient."  # kept-state names of a client's linear-term state, one per parameter

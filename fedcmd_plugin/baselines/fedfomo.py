@@ -20,17 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from fedcmd_plugin import aggregate as agg
-from fedcmd_plugin.baselines.common import (
-    classification_model,
-    flatten_states,
-    nested_states,
-)
+from fedcmd_plugin.baselines.common import flatten_states, nested_states
 from fedcmd_plugin.errors import PluginError
 from fedcmd_plugin.federation.client import FederatedClient
 from fedcmd_plugin.federation.seeding import derived_seed
 from fedcmd_plugin.federation.server import FederatedServer
+from fedcmd_plugin.models import classification_model
 from fedcmd_plugin.registry import Algorithm, register_algorithm
-
 
 
 def exploration(epsilon, decay, round_index):

@@ -1,7 +1,8 @@
 """FedProx (Li et al. 2020): FedAvg whose clients minimise loss + mu/2 ||w - w_global||^2, the proximal term
 keeping local models near the global model they started from (fedprox.mu; 0 gives FedAvg's clients)."""
-from fedcmd_plugin.baselines.common import RegularisedClient, classification_model, parameters_of
+from fedcmd_plugin.baselines.common import RegularisedClient, parameters_of
 from fedcmd_plugin.federation.server import FederatedServer
+from fedcmd_plugin.models import classification_model
 from fedcmd_plugin.registry import Algorithm, register_algorithm
 
 

@@ -1,6 +1,6 @@
 """FedRep: each client first fits its own head on the received body, then updates the body with its head
 fixed; the head stays local, the body is FedAvg-aggregated."""
-from fedcmd_plugin.baselines.common import classification_model
+from fedcmd_plugin.models import classification_model
 from fedcmd_plugin.personalized.client import PersonalizedClient
 from fedcmd_plugin.personalized.server import PersonalizedServer
 from fedcmd_plugin.registry import Algorithm, register_algorithm

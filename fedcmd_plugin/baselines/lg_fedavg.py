@@ -1,5 +1,5 @@
 """LG-FedAvg: local representation layers stay on each client; only the top (classifier) is shared."""
-from fedcmd_plugin.baselines.common import classification_model
+from fedcmd_plugin.models import classification_model
 from fedcmd_plugin.personalized.client import PersonalizedClient
 from fedcmd_plugin.personalized.server import PersonalizedServer
 from fedcmd_plugin.registry import Algorithm, register_algorithm

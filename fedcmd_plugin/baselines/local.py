@@ -1,7 +1,7 @@
 """Local-only: every client trains its own model on its own data; nothing is aggregated."""
-from fedcmd_plugin.baselines.common import classification_model
 from fedcmd_plugin.federation.client import FederatedClient
 from fedcmd_plugin.federation.server import FederatedServer
+from fedcmd_plugin.models import classification_model
 from fedcmd_plugin.registry import Algorithm, register_algorithm
 
 

@@ -1,6 +1,6 @@
 """pFedSim: after FedAvg warm-up rounds, each client keeps its classifier head and receives a body aggregated
 with weights from the similarity of the clients' classifiers (the head is the signature, not sent back)."""
-from fedcmd_plugin.baselines.common import classification_model
+from fedcmd_plugin.models import classification_model
 from fedcmd_plugin.personalized.client import PersonalizedClient
 from fedcmd_plugin.personalized.server import PersonalizedServer
 from fedcmd_plugin.registry import Algorithm, register_algorithm

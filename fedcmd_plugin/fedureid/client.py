@@ -11,10 +11,10 @@ import torch
 
 from fedcmd_plugin.federation.client import FederatedClient
 from fedcmd_plugin.federation.messages import Upload
+from fedcmd_plugin.federation.progress import epoch_bar
 from fedcmd_plugin.federation.seeding import client_generator
 from fedcmd_plugin.fedureid import buc, metrics, personalization
 from fedcmd_plugin.fedureid.memory import ClusterMemory
-from fedcmd_plugin.federation.progress import epoch_bar
 
 
 class FedUReIDClient(FederatedClient):

@@ -105,7 +105,9 @@ def pseudo_label_quality(pred_labels, true_ids):
     precision = both / in_cluster if in_cluster else 1.0
     recall = both / same_id if same_id else 1.0
     f_score = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    from sklearn.metrics import normalized_mutual_info_score  # imported here: sklearn costs seconds to load
+    from sklearn.metrics import (
+        normalized_mutual_info_score,  # imported here: sklearn costs seconds to load
+    )
 
     nmi = float(normalized_mutual_info_score(true, pred)) if pred.size else 1.0
     return {"nmi": nmi, "pairwise_precision": precision, "pairwise_recall": recall, "pairwise_f": f_score}

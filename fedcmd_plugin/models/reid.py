@@ -8,12 +8,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from fedcmd_plugin.errors import ConfigError
 
 BACKBONES = ("small", "resnet18", "resnet50")
+MODEL_NAMES = {"auto": "small", "reid_small": "small", "reid_resnet18": "resnet18", "reid_resnet50": "resnet50"}
 AGGREGATED_PREFIXES = ("backbone.", "embedding.")
 SMALL_WIDTHS = (16, 32, 64, 128)
 # Horizontal stripes pooled separately (head/torso/legs...): one global average would mix the colours of the
@@ -71,6 +71,8 @@ def _small_cnn():
 
 def _resnet(name):
     """torchvision ResNet without its pooling and fc, keeping torchvision's key names; (module, channels)."""
+    import torchvision  # only for the ResNet backbones: importing it costs a second at every start-up
+
     net = getattr(torchvision.models, name)(weights=None)
     for module in net.layer4[0].modules():  # last stride 1: the block's strided conv and its shortcut
         if isinstance(module, nn.Conv2d):
@@ -100,3 +102,15 @@ def _load_backbone(backbone, path):
         raise ConfigError(f"model_init.params_file {path} does not fit the backbone: missing {missing[:3]}, "
                           f"unexpected {unexpected[:3]}, wrong shape {wrong[:3]}")
     backbone.load_state_dict(state)
+
+
+def reid_model(conf, info):
+    """The ReID network config key `model` names (MODEL_NAMES), for a ReID data set (`info`: its DataInfo)."""
+    if info.task != "reid":
+        raise ConfigError(f"algorithm {conf.algorithm!r} needs a ReID data set (synthetic_reid, market1501, "
+                          f"easyfl_reid); data.dataset is {conf.data.dataset!r}")
+    if conf.model not in MODEL_NAMES:
+        raise ConfigError(f"config key 'model' must be one of {', '.join(MODEL_NAMES)} for {conf.algorithm}; "
+                          f"got {conf.model!r}")
+    return ReidNet(MODEL_NAMES[conf.model], conf.fedureid.embedding_dim, conf.fedureid.pretrained_backbone,
+                   tuple(conf.fedureid.image_size))
