@@ -135,6 +135,7 @@ def floor_block(conf, data, initial, selections):
     import torch.nn.functional as F
 
     from fedcmd_plugin.data import load_federated
+    from fedcmd_plugin.federation.messages import RoundSettings
     from fedcmd_plugin.federation.seeding import client_generator
     from fedcmd_plugin.models import build_model
 
@@ -150,7 +151,8 @@ def floor_block(conf, data, initial, selections):
             model.load_state_dict(state)
             model.train()
             optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-            generator = client_generator({"seed": conf.seed, "round": round_index}, cid, "train")
+            settings = RoundSettings(round_index, int(conf.seed), int(conf.client.local_epoch))
+            generator = client_generator(settings, cid, "train")
             for _ in range(epochs):
                 for x, y in data.batches(cid, batch_size, generator):
                     optimizer.zero_grad(set_to_none=True)

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
-from fedcmd_plugin.federation.messages import Dispatch
+from conftest import make_dispatch
 
 LR = 0.1
 CLIENT_CONF = OmegaConf.create({"local_epoch": 1, "batch_size": 4, "test_batch_size": 8, "finetune_epoch": 0,
@@ -44,9 +44,9 @@ def make_client(cls, data, model=None):
     return client
 
 
-def dispatch(state, **meta):
-    return Dispatch({key: value.clone() for key, value in state.items()},
-                    {"round": 0, "seed": 0, "local_epoch": 1, "personal_keys": [], **meta})
+def dispatch(state, algorithm=None, **settings):
+    """A Dispatch of a copy of `state` (RoundSettings keywords as `conftest.make_dispatch`)."""
+    return make_dispatch({key: value.clone() for key, value in state.items()}, algorithm, **settings)
 
 
 def cross_entropy_gradient(state, x, y):

@@ -127,3 +127,13 @@ def cli_here(tmp_run_dir, capsys):
         return subprocess.CompletedProcess(args, code, out, err)
 
     return run
+
+
+def make_dispatch(state, algorithm=None, extra=None, **settings):
+    """A Dispatch of `state` (not copied) whose RoundSettings default to round 0, seed 0, one local epoch and no
+    personal keys (keywords override them); `algorithm`: the algorithm's Settings."""
+    from fedcmd_plugin.federation.messages import Dispatch, RoundSettings
+
+    fields = {"round": 0, "seed": 0, "local_epoch": 1, **settings}
+    fields["personal_keys"] = tuple(fields.get("personal_keys", ()))
+    return Dispatch(state, RoundSettings(**fields), algorithm, dict(extra or {}))

@@ -1,4 +1,6 @@
 """A third-party algorithm declares its own config section: defaults, types, checks and show-config like ours."""
+from dataclasses import dataclass
+
 import easyfl
 import pytest
 import yaml
@@ -6,15 +8,21 @@ import yaml
 import fedcmd_plugin
 from fedcmd_plugin import registry
 from fedcmd_plugin.federation.client import FederatedClient
+from fedcmd_plugin.federation.messages import Settings
 from fedcmd_plugin.federation.server import FederatedServer
 from fedcmd_plugin.models import classification_model
 
 SEEN = []  # the setting each client reports it trained with (clients may run in worker processes)
 
 
+@dataclass(frozen=True)
+class DemoSettings(Settings):
+    strength: float
+
+
 class DemoServer(FederatedServer):
-    def round_meta(self):
-        return {"strength": self.conf.demo.strength}
+    def algorithm_settings(self):
+        return DemoSettings(float(self.conf.demo.strength))
 
     def aggregate(self, uploads):
         SEEN.extend(u.meta["strength"] for u in uploads)
@@ -23,9 +31,10 @@ class DemoServer(FederatedServer):
 
 class DemoClient(FederatedClient):
     """Trains as FedAvg does and reports the setting the server handed it."""
+    settings_type = DemoSettings
 
     def pre_train(self):
-        self.round_stats["strength"] = self.dispatch.meta["strength"]
+        self.round_stats["strength"] = self.dispatch.algorithm.strength
 
 
 @pytest.fixture

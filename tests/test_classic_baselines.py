@@ -12,11 +12,12 @@ from baseline_helpers import CLIENT_CONF, LR, FixedBatches, assert_states_close,
 from torch import nn
 
 from fedcmd_plugin import ConfigError, algorithms, load_config
-from fedcmd_plugin.baselines.fedrep import FedRepClient
+from fedcmd_plugin.baselines.fedrep import FedRepClient, FedRepSettings
 from fedcmd_plugin.federation.fleet import LocalFleet
 from fedcmd_plugin.federation.messages import Upload
 from fedcmd_plugin.federation.server import FederatedServer
 from fedcmd_plugin.models import BlockNet
+from fedcmd_plugin.personalized.client import SignatureSettings
 
 HEAD = ["blocks.classifier.weight", "blocks.classifier.bias"]
 FC1 = ["blocks.fc1.0.weight", "blocks.fc1.0.bias"]
@@ -184,7 +185,7 @@ def test_fedrep_fits_the_head_first_then_the_body_with_the_head_fixed():
     data, model = batches(2, seed=4), block_net()
     start = {key: value.clone() for key, value in model.state_dict().items()}
     client = make_client(FedRepClient, data, model)
-    upload = client.run_round(dispatch(start, local_epoch=3, body_epochs=1, personal_keys=HEAD))
+    upload = client.run_round(dispatch(start, FedRepSettings(1), local_epoch=3, personal_keys=HEAD))
     expected = sgd_phases(start, data, [(HEAD, 2), (FC1 + FC2, 1)])  # local_epoch - body_epochs head epochs
     assert_states_close(upload.state, {key: expected[key] for key in FC1 + FC2})
     assert_states_close(client.kept, {key: expected[key] for key in HEAD})
@@ -230,7 +231,7 @@ def test_fedbabu_trains_only_the_body_in_rounds_and_fine_tunes_everything_before
         assert_unchanged(server, start, HEAD)  # the mean of equal heads: the initial one
 
     # Tested after at least one epoch of fine-tuning (client.finetune_epoch is 0), on a copy of the model.
-    assert server.round_settings()["finetune_epoch"] == 1
+    assert server.round_settings().finetune_epoch == 1
     merged = global_state(server)
     every = [name for name, _ in block_net().named_parameters()]
     assert_states_close(used_model(server, clients[0]), sgd_phases(merged, DATA[0], [(every, 1)]))
@@ -242,7 +243,7 @@ def test_pfedsim_is_fedavg_while_warming_up_then_sends_the_head_values_as_signat
     server, clients = federation("pfedsim", DATA[:2], "personalization.warmup_rounds=1")
     start = global_state(server)
     uploads = play(server, 0)
-    assert server.personal_keys() == [] and server.round_meta() == {"phase": "warmup"}
+    assert server.personal_keys() == [] and server.algorithm_settings() == SignatureSettings("warmup")
     assert all(sorted(upload.state) == sorted(start) and upload.extra == {} for upload in uploads.values())
     assert_sample_weighted_means(server, uploads, list(start), SAMPLES[:2])  # the head too
     assert server.client_states == {} and all(client.kept == {} for client in clients)
@@ -268,7 +269,7 @@ def test_pfedsim_is_fedavg_while_warming_up_then_sends_the_head_values_as_signat
 def test_pfedsim_weights_the_bodies_by_the_clipped_cosine_of_the_signatures(federation):
     server, _ = federation("pfedsim", DATA, "personalization.warmup_rounds=1")
     server._current_round = 1
-    assert server.round_settings()["signature_keys"] == HEAD and server.round_meta()["signature"] == "value"
+    assert server.algorithm_settings() == SignatureSettings("personalised", "value", tuple(HEAD))
     start = global_state(server)
     body = FC1 + FC2
     # a and b are orthogonal, c is at cosine 0.6 from a and 0.8 from b; bodies are constants 1, 2 and 4

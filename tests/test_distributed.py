@@ -124,7 +124,7 @@ original = FederatedClient.run_round
 
 
 def run_round(self, dispatch):
-    if os.environ.get("RANK") == "1" and int(dispatch.meta["round"]) >= 1:
+    if os.environ.get("RANK") == "1" and dispatch.settings.round >= 1:
         fault = os.environ["FEDCMD_TEST_FAULT"]
         if fault == "raise":
             raise RuntimeError("injected failure in round 2")

@@ -8,11 +8,13 @@ from torch import nn
 
 from fedcmd_plugin import ConfigError, algorithms, load_config
 from fedcmd_plugin.aggregate import fedap_weights, gaussian_wasserstein
-from fedcmd_plugin.baselines.fedap import batch_norm_statistics, check_config
+from fedcmd_plugin.baselines.fedap import FedAPSettings, batch_norm_statistics, check_config
 from fedcmd_plugin.cli import run_experiment
 from fedcmd_plugin.data.federated import DataInfo
-from fedcmd_plugin.federation.messages import Dispatch, Upload, layout
+from fedcmd_plugin.federation.messages import Upload, layout
 from fedcmd_plugin.remote import validation
+
+from conftest import make_dispatch
 
 SMALL = {"model": "lenet5_bn", "data__num_of_clients": 4, "server__clients_per_round": 3, "server__rounds": 2,
          "parallel__workers": 1, "output__tensorboard": False, "output__save_fig": False}
@@ -102,11 +104,13 @@ STATE = {"fc.weight": torch.ones(3, 2), "bn.weight": torch.ones(3), "bn.bias": t
 SIZES = {"c000": {"train": 40, "test": 30}}
 
 
-def checked(meta, extra):
-    """Run the remote checks of a FedAP upload for a dispatch with `meta`; Rejected when it fails them."""
+def checked(layers, extra):
+    """Run the remote checks of a FedAP upload for a dispatch asking for the statistics of `layers`; Rejected when
+    it fails them."""
     policy = validation.Policy(STATE, SIZES, "classification", 0, 1e6)
     bn = [key for key in STATE if key.startswith("bn.")]
-    expected = policy.expect("train", "c000", Dispatch(STATE, {"round": 3, "personal_keys": bn, **meta}))
+    asked = FedAPSettings("personalised", tuple(layers))
+    expected = policy.expect("train", "c000", make_dispatch(STATE, asked, round=3, personal_keys=bn))
     shared = {key: value for key, value in STATE.items() if key not in bn}
     payload = Upload("c000", 40, shared, extra=extra).to_bytes(with_kept=False)
     validation.check_layout(expected, layout(payload)[0])
@@ -115,14 +119,14 @@ def checked(meta, extra):
 
 def test_remote_mode_takes_the_statistics_asked_for():
     honest = {"mean/bn": t(0.5, -1.0, 2.0), "var/bn": t(1.0, 0.0, 3.0)}
-    checked({"bn_statistics": ["bn"]}, honest)
-    checked({}, {})
-    for meta, extra in (({"bn_statistics": ["bn"]}, {**honest, "var/bn": t(1.0, -0.5, 3.0)}),  # a variance < 0
-                        ({"bn_statistics": ["bn"]}, {"mean/bn": honest["mean/bn"]}),  # no variances
-                        ({"bn_statistics": ["bn"]}, {**honest, "mean/bn": t(0.5, 1.0)}),  # not one per channel
-                        ({}, honest)):  # statistics nobody asked for
+    checked(["bn"], honest)
+    checked([], {})
+    for layers, extra in ((["bn"], {**honest, "var/bn": t(1.0, -0.5, 3.0)}),  # a variance < 0
+                          (["bn"], {"mean/bn": honest["mean/bn"]}),  # no variances
+                          (["bn"], {**honest, "mean/bn": t(0.5, 1.0)}),  # not one per channel
+                          ([], honest)):  # statistics nobody asked for
         with pytest.raises(validation.Rejected):
-            checked(meta, extra)
+            checked(layers, extra)
 
 
 # ----------------------------------------------------------------------------------------------- small runs

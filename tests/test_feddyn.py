@@ -7,7 +7,7 @@ from baseline_helpers import (LR, assert_states_close, batches, cross_entropy_gr
 from torch import nn
 
 from fedcmd_plugin import load_config
-from fedcmd_plugin.baselines.feddyn import GRADIENT, FedDynClient, FedDynServer
+from fedcmd_plugin.baselines.feddyn import GRADIENT, FedDynClient, FedDynServer, FedDynSettings
 from fedcmd_plugin.errors import PluginError
 from fedcmd_plugin.federation.messages import Upload
 
@@ -17,7 +17,7 @@ def test_client_minimises_the_dynamic_objective_and_updates_its_gradient_state()
     linear = linear_state(7)  # the state a previous round left
     client = make_client(FedDynClient, data)
     client.kept = {GRADIENT + key: value.clone() for key, value in linear.items()}
-    upload = client.run_round(dispatch(server, feddyn={"alpha": alpha}))
+    upload = client.run_round(dispatch(server, FedDynSettings(alpha)))
     w = dict(server)
     for x, y in data:  # gradient of L(w) - <g, w> + alpha/2 ||w - w_server||^2
         gradient = cross_entropy_gradient(w, x, y)

@@ -16,14 +16,17 @@ from fedcmd_plugin.aggregate import (
     state_distance,
 )
 from fedcmd_plugin.baselines.fedfomo import (
+    FedFomoSettings,
     FedFomoServer,
     choose_peers,
     exploration,
     validation_count,
 )
 from fedcmd_plugin.cli import run_experiment
-from fedcmd_plugin.federation.messages import Dispatch, Upload, layout
+from fedcmd_plugin.federation.messages import Upload, layout
 from fedcmd_plugin.remote import validation
+
+from conftest import make_dispatch
 
 SMALL = {"algorithm": "fedfomo", "data__num_of_clients": 4, "server__clients_per_round": 4, "server__rounds": 3,
          "parallel__workers": 1, "output__tensorboard": False, "output__save_fig": False}
@@ -135,24 +138,25 @@ STATE = {"w": torch.ones(2, 3), "b": torch.zeros(3)}
 SIZES = {"c000": {"train": 40, "test": 30}}
 
 
-def checked(meta, extra):
-    """Run the remote checks of a FedFomo upload for a dispatch with `meta`; Rejected when it fails them."""
+def checked(peers, extra):
+    """Run the remote checks of a FedFomo upload for a dispatch carrying the models of `peers`; Rejected when it
+    fails them."""
     policy = validation.Policy(STATE, SIZES, "classification", 0, 1e6)
-    expected = policy.expect("train", "c000", Dispatch(STATE, {"round": 1, "personal_keys": [], **meta}))
+    expected = policy.expect("train", "c000", make_dispatch(STATE, FedFomoSettings(0.2, tuple(peers)), round=1))
     payload = Upload("c000", 40, dict(STATE), extra=extra).to_bytes(with_kept=False)
     validation.check_layout(expected, layout(payload)[0])
     validation.check_upload(expected, Upload.from_bytes(payload))
 
 
 def test_remote_mode_takes_one_weight_per_model_sent():
-    checked({"fomo_peers": ["c001", "c002"]}, {"fomo_weights": torch.tensor([0.5, -1.0])})
-    checked({"fomo_peers": []}, {})
-    for meta, extra in (({"fomo_peers": ["c001", "c002"]}, {"fomo_weights": torch.tensor([0.5])}),
-                        ({"fomo_peers": ["c001", "c002"]}, {}),
-                        ({"fomo_peers": ["c001"]}, {"fomo_weights": torch.tensor([float("nan")])}),
-                        ({"fomo_peers": []}, {"fomo_weights": torch.tensor([1.0])})):
+    checked(["c001", "c002"], {"fomo_weights": torch.tensor([0.5, -1.0])})
+    checked([], {})
+    for peers, extra in ((["c001", "c002"], {"fomo_weights": torch.tensor([0.5])}),
+                         (["c001", "c002"], {}),
+                         (["c001"], {"fomo_weights": torch.tensor([float("nan")])}),
+                         ([], {"fomo_weights": torch.tensor([1.0])})):
         with pytest.raises(validation.Rejected):
-            checked(meta, extra)
+            checked(peers, extra)
 
 
 # ----------------------------------------------------------------------------------------------- a small run

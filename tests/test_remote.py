@@ -22,6 +22,8 @@ from remote_helpers import (CONFIG, OPERATOR, REPO, RUN, RUN_TIMEOUT, START_TIME
 
 from fedcmd_plugin.federation.messages import Upload
 
+from conftest import make_dispatch
+
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
@@ -98,7 +100,7 @@ from fedcmd_plugin.federation.client import FederatedClient
 original = FederatedClient.run_round
 
 def run_round(self, dispatch):
-    if int(dispatch.meta.get("round", 0)) >= 1:  # dies inside its second round
+    if dispatch.settings.round >= 1:  # dies inside its second round
         os._exit(17)
     return original(self, dispatch)
 
@@ -233,17 +235,16 @@ def test_remote_keys_are_checked():
 def test_envelope_round_trip():
     import torch
 
-    from fedcmd_plugin.federation.messages import Dispatch
     from fedcmd_plugin.remote.wire import RemoteError, unwrap, wrap
 
-    dispatch = Dispatch({"a": torch.ones(2)}, {"round": 3}, {"x": torch.zeros(1)})
+    dispatch = make_dispatch({"a": torch.ones(2)}, extra={"x": torch.zeros(1)}, round=3)
     ticket = "ab" * 32
-    back, envelope, initial = unwrap(Dispatch.from_bytes(
-        wrap(dispatch, ticket, ("test", "train"), {"a": torch.full((2,), 5.0)}).to_bytes()))
-    assert back.meta == {"round": 3} and set(back.extra) == {"x"} and envelope["splits"] == ["test", "train"]
+    back, envelope, initial = unwrap(wrap(dispatch, ticket, ("test", "train"), {"a": torch.full((2,), 5.0)}))
+    assert back.settings == dispatch.settings and back.algorithm is None and set(back.extra) == {"x"}
+    assert envelope["splits"] == ["test", "train"]
     assert envelope["ticket"] == ticket and torch.equal(initial["a"], torch.full((2,), 5.0))
-    assert unwrap(Dispatch.from_bytes(wrap(dispatch, ticket).to_bytes()))[2] is None
-    for bad in (dispatch, wrap(dispatch, "not hex" * 9)):
+    assert unwrap(wrap(dispatch, ticket))[2] is None
+    for bad in (dispatch.to_bytes(), wrap(dispatch, "not hex" * 9)):
         with pytest.raises(RemoteError, match="ticket"):
             unwrap(bad)
 
@@ -284,7 +285,6 @@ def test_a_round_goes_on_without_a_client_that_vanished_mid_round():
     """One client accepts and vanishes, another cannot be reached at all, a third answers: after
     server.round_timeout the round goes on with the answer it has, naming the missing clients."""
     from fedcmd_plugin import load_config
-    from fedcmd_plugin.federation.messages import Dispatch
     from fedcmd_plugin.remote import auth, validation
     from fedcmd_plugin.remote.fleet import RemoteFleet
     from fedcmd_plugin.remote.router import UploadRouter
@@ -308,7 +308,7 @@ def test_a_round_goes_on_without_a_client_that_vanished_mid_round():
                         note=lambda round_index, values: notes.update(values))
     try:
         started = time.monotonic()
-        uploads = fleet.train({cid: Dispatch(dict(STATE), {"round": 0, "personal_keys": []}) for cid in ports})
+        uploads = fleet.train({cid: make_dispatch(dict(STATE)) for cid in ports})
         waited = time.monotonic() - started
     finally:
         fleet.close()
@@ -322,7 +322,6 @@ def test_a_round_goes_on_without_a_client_that_vanished_mid_round():
 def test_a_client_whose_server_vanished_gives_up_its_upload_and_serves_on(monkeypatch, tmp_path):
     """The server accepts the connection and never answers: the upload ends at its deadline, and the next
     request is worked off as usual."""
-    from fedcmd_plugin.federation.messages import Dispatch
     from fedcmd_plugin.remote import client as client_module
     from fedcmd_plugin.remote.kept_store import KeptStore
     from fedcmd_plugin.remote.transport import Transport
@@ -341,7 +340,7 @@ def test_a_client_whose_server_vanished_gives_up_its_upload_and_serves_on(monkey
 
     def operate(round_id):
         request = client_pb.OperateRequest(
-            type=client_pb.OP_TYPE_TRAIN, model=wrap(Dispatch(dict(STATE), {"round": round_id}), "ab" * 32).to_bytes(),
+            type=client_pb.OP_TYPE_TRAIN, model=wrap(make_dispatch(dict(STATE), round=round_id), "ab" * 32),
             data_index=0, config=client_pb.OperateConfig(task_id="run1", round_id=round_id))
         assert service.Operate(request, None).status.code == common_pb.SC_OK
         deadline = time.monotonic() + 30

@@ -16,13 +16,13 @@ from pytest import approx
 
 from fedcmd_plugin.errors import PluginError
 from fedcmd_plugin.federation import checkpoint
-from fedcmd_plugin.federation.messages import Dispatch, Upload
+from fedcmd_plugin.federation.messages import Upload, pack
 from fedcmd_plugin.remote.client import ClientService
 from fedcmd_plugin.remote.kept_store import KeptStore
 from fedcmd_plugin.remote.transport import Transport
-from fedcmd_plugin.remote.wire import TRAIN, unwrap, wrap
+from fedcmd_plugin.remote.wire import ENVELOPE_KEY, TRAIN, unwrap, wrap
 
-from conftest import CONFIGS
+from conftest import CONFIGS, make_dispatch
 
 KILL_SEED = 5  # the round after which the server is killed is drawn from this seed
 
@@ -69,7 +69,7 @@ class CountingClient:
 
     def run_round(self, dispatch):
         trained = self.kept.get("trained", torch.zeros(0, dtype=torch.int64))
-        self.kept = {"trained": torch.cat([trained, torch.tensor([dispatch.meta["round"]])])}
+        self.kept = {"trained": torch.cat([trained, torch.tensor([dispatch.settings.round])])}
         return Upload(self.cid, 10, dict(dispatch.state))
 
 
@@ -84,9 +84,8 @@ def train(service, round_index, keep_from=0, snapshot=None):
     """One training request; `snapshot` set: a first contact (with the run's initial state) naming the snapshot
     the server counts. The rounds the client's state has trained in."""
     initial = None if snapshot is None else {}
-    sent = wrap(Dispatch({"w": torch.zeros(1)}, {"round": round_index}), "ab" * 32, None, initial, keep_from,
-                snapshot)
-    dispatch, envelope, initial = unwrap(Dispatch.from_bytes(sent.to_bytes()))
+    sent = wrap(make_dispatch({"w": torch.zeros(1)}, round=round_index), "ab" * 32, None, initial, keep_from, snapshot)
+    dispatch, envelope, initial = unwrap(sent)
     service.work("c000", TRAIN, "run1", round_index, dispatch, envelope, initial)
     client = service.clients.get("c000")
     return client.kept["trained"].tolist() if client else None
@@ -120,10 +119,11 @@ def test_a_snapshot_the_server_counts_but_the_client_lacks_is_an_error(tmp_path)
 @pytest.mark.parametrize("entry", ["keep_from", "snapshot"])
 @pytest.mark.parametrize("value", [-1, 1.5, "3", True])
 def test_envelope_round_counts_must_be_counts(entry, value):
-    sent = wrap(Dispatch({"w": torch.zeros(1)}, {"round": 0}), "ab" * 32)
-    sent.meta["_remote"][entry] = value
+    dispatch = make_dispatch({"w": torch.zeros(1)})
+    sent = pack({"state": dispatch.state, "extra": {}},
+                {**dispatch.header(), ENVELOPE_KEY: {"ticket": "ab" * 32, entry: value}})
     with pytest.raises(PluginError, match=f"'{entry}' must be a round count"):
-        unwrap(Dispatch.from_bytes(sent.to_bytes()))
+        unwrap(sent)
 
 
 # ----- a real cluster: the server killed with SIGKILL and resumed ---------------------------------------------------

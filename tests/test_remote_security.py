@@ -21,11 +21,15 @@ from processes import free_port
 from remote_helpers import OPERATOR, RUN_TIMEOUT, TOKENS, Cluster, Trap, assert_complete, client_rows, read_json
 
 from fedcmd_plugin import ConfigError, load_config
-from fedcmd_plugin.federation.messages import Dispatch, Upload
+from fedcmd_plugin.fedcmd.client import FedCMDSettings, Scoring
+from fedcmd_plugin.federation.messages import Upload
+from fedcmd_plugin.personalized.client import SignatureSettings
 from fedcmd_plugin.remote import auth, validation
 from fedcmd_plugin.remote.certs import make_certificates
 from fedcmd_plugin.remote.transport import TLS, Transport, transport_for
 from fedcmd_plugin.remote.wire import STATUS_METHOD, to_json, wrap
+
+from conftest import make_dispatch
 
 SERVER = (("authorization", "Bearer " + TOKENS["FEDCMD_SERVER_TOKEN"]),)
 LIMIT = 1024 * 1024  # message limit of the in-process services
@@ -78,10 +82,10 @@ def server_service():
 class Round:
     """One waiting request of run1 to c000 and c001, and signed uploads for it."""
 
-    def __init__(self, service, index, kind="train", splits=("test",), **meta):
+    def __init__(self, service, index, kind="train", splits=("test",), algorithm=None):
         self.service, self.index, self.kind = service, index, kind
         policy = validation.Policy(STATE, SIZES, "classification", 3, 1e6)
-        dispatch = Dispatch(STATE, {"round": index, "personal_keys": [], **meta})
+        dispatch = make_dispatch(STATE, algorithm, round=index)
         self.waiter = service.router.expect(("run1", index, kind), {
             cid: policy.expect(kind, cid, dispatch, splits) for cid in SIZES})
 
@@ -179,7 +183,7 @@ def test_signed_uploads_that_fail_the_checks_are_rejected_and_recorded(server_se
 
 def test_votes_scores_and_signatures_follow_the_request(server_service):
     service, stub, _ = server_service
-    scoring = dict(score=True, candidates=[0, 2])
+    scoring = FedCMDSettings("selection", scoring=Scoring("exact", (0, 2), None, 1024, 1))
     scores = {"exact": [[0.1, 0.2, 0.3], [0.3, 0.2, 0.1]], "mean": [[0.0, 0.0, 0.1], [0.2, 0.0, 0.0]]}
     cases = [({"vote": 2, "batch_scores": scores}, {}, common_pb.SC_OK),
              ({"vote": 1, "batch_scores": scores}, {}, common_pb.SC_INVALID_REQUEST),  # not a candidate
@@ -192,21 +196,21 @@ def test_votes_scores_and_signatures_follow_the_request(server_service):
               common_pb.SC_INVALID_REQUEST),  # the same batches for both distances
              ({"vote": True}, {}, common_pb.SC_INVALID_REQUEST)]
     for index, (meta, extra, expected) in enumerate(cases):
-        rnd = Round(service, 10 + index, **scoring)
+        rnd = Round(service, 10 + index, algorithm=scoring)
         assert rnd.signed(stub, "c000", upload(meta=meta, extra=extra)) == (grpc.StatusCode.OK, expected), meta
-    signature = dict(signature="update", signature_keys=["w", "b"])
+    signature = SignatureSettings("decoupled", "update", ("w", "b"))
     # w (2 x 3) and b (3) disagree on their rows: the signature is one row of their 9 values
     for index, (extra, expected) in enumerate([({"signature": torch.ones(1, 9)}, common_pb.SC_OK),
                                                ({"signature": torch.ones(9)}, common_pb.SC_INVALID_REQUEST),
                                                ({"signature": torch.ones(1, 6)}, common_pb.SC_INVALID_REQUEST),
                                                ({}, common_pb.SC_INVALID_REQUEST)]):
-        rnd = Round(service, 20 + index, **signature)
+        rnd = Round(service, 20 + index, algorithm=signature)
         assert rnd.signed(stub, "c000", upload(extra=extra)) == (grpc.StatusCode.OK, expected), extra
 
 
 def test_personal_keys_stay_out_of_the_expected_upload():
     policy = validation.Policy(STATE, SIZES, "classification", 0, 1e6)
-    expected = policy.expect("train", "c001", Dispatch(STATE, {"round": 0, "personal_keys": ["w"]}))
+    expected = policy.expect("train", "c001", make_dispatch(STATE, personal_keys=["w"]))
     assert set(expected.state) == {"b", "steps"} and expected.samples == 50
     assert expected.state["b"] == ("float32", (3,)) and expected.state["steps"] == ("int64", ())
 
@@ -250,7 +254,7 @@ def test_deeply_nested_results_and_oversized_messages_are_refused(server_service
 
 def test_reid_results_are_checked_against_their_ranges():
     policy = validation.Policy(STATE, SIZES, "reid", 0, 1e6)
-    expected = policy.expect("test", "c000", Dispatch(STATE, {"round": 0}), ("test",))
+    expected = policy.expect("test", "c000", make_dispatch(STATE), ("test",))
     honest = {"mAP": 50.0, "rank1": 60.0, "rank5": 70.0, "rank10": 80.0, "cmc": [60.0, 65.0], "queries": 12,
               "nmi": 0.5, "pairwise_f": 0.4, "clusters": 7}
     validation.check_result(expected, honest)
@@ -302,14 +306,14 @@ def test_client_operate_needs_the_server_token_and_never_unpickles(tmp_path):
                                            config=client_pb.OperateConfig(task_id="run1"))
         return stub.Operate(request, timeout=30, metadata=metadata).status
 
-    valid = wrap(Dispatch({"w": torch.zeros(3)}, {"round": 0}), "ab" * 32).to_bytes()
+    valid = wrap(make_dispatch({"w": torch.zeros(3)}), "ab" * 32)
     try:
         for metadata in ((), OPERATOR):  # straight to the client, without the server's credential
             assert code_of(lambda: operate(valid, metadata)) == UNAUTHENTICATED
             assert code_of(lambda: operate(pickle.dumps(Trap(marker)), metadata)) == UNAUTHENTICATED
         answer = operate(pickle.dumps(Trap(marker)))
         assert answer.code == common_pb.SC_INVALID_REQUEST and "not a tensor archive" in answer.message
-        unticketed = Dispatch({"w": torch.zeros(3)}, {"round": 0}).to_bytes()
+        unticketed = make_dispatch({"w": torch.zeros(3)}).to_bytes()
         assert operate(unticketed).code == common_pb.SC_INVALID_REQUEST
         assert not marker.exists(), "the client unpickled a request"
         assert operate(valid, index=1).code == common_pb.SC_INVALID_REQUEST  # another client's data index
@@ -321,7 +325,7 @@ def test_client_operate_needs_the_server_token_and_never_unpickles(tmp_path):
         cid, kind, task_id, round_id, dispatch, envelope, initial = started[0]
         assert (cid, kind, task_id, round_id, initial, envelope["ticket"]) == ("c000", "train", "run1", 0, None,
                                                                                 "ab" * 32)
-        assert dispatch.meta == {"round": 0} and torch.equal(dispatch.state["w"], torch.zeros(3))
+        assert dispatch.settings.round == 0 and torch.equal(dispatch.state["w"], torch.zeros(3))
     finally:
         chan.close()
         grpc_srv.stop(0).wait(5)
@@ -543,7 +547,7 @@ def attack_before_any_run(cluster, pki):
     chan = attacker.channel(cluster.client_addresses[0])
     try:
         operate = client_pb.OperateRequest(type=client_pb.OP_TYPE_TRAIN, data_index=0,
-                                           model=wrap(Dispatch(STATE, {"round": 0}), "ab" * 32).to_bytes())
+                                           model=wrap(make_dispatch(STATE), "ab" * 32))
         for metadata in ((), operator_token):  # straight to a client, without the server's credential
             assert code_of(lambda: client_grpc.ClientServiceStub(chan).Operate(operate, timeout=60,
                                                                                metadata=metadata)) == UNAUTHENTICATED
@@ -646,7 +650,7 @@ def poisoned_train(self, client, dispatch):  # round 1: NaN weights; round 2: 10
     content = train(self, client, dispatch)
     upload = Upload.from_bytes(content.data)
     name = sorted(upload.state)[0]
-    attack = int(dispatch.meta["round"])
+    attack = dispatch.settings.round
     if attack == 0:
         upload.state[name] = torch.full_like(upload.state[name], float("nan"))
     elif attack == 1:

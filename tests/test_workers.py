@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from fedcmd_plugin.cli import run_experiment
-from fedcmd_plugin.federation.messages import Dispatch, Upload
+from fedcmd_plugin.federation.messages import Upload
 from fedcmd_plugin.federation.workers import ProcessFleet, balance
 
-from conftest import CONFIGS
+from conftest import CONFIGS, make_dispatch
 
 
 def test_balance_puts_the_longest_clients_first_on_the_least_loaded_worker():
@@ -24,6 +24,7 @@ def test_balance_puts_the_longest_clients_first_on_the_least_loaded_worker():
 
 class CountingClient:
     """A stand-in client whose whole state is `kept`: a counter of the rounds it trained and where."""
+    settings_type = None  # no algorithm settings
 
     class Data:
         def size(self, cid):
@@ -53,7 +54,7 @@ def test_a_clients_state_follows_it_to_whichever_worker_trains_it():
     try:
         pids = {}
         for round_index, chosen in enumerate([["a", "b", "c"], ["c"], ["b", "c"], ["a", "c"]]):
-            uploads = fleet.train({cid: Dispatch({"w": torch.tensor(float(round_index))}) for cid in chosen})
+            uploads = fleet.train({cid: make_dispatch({"w": torch.tensor(float(round_index))}) for cid in chosen})
             assert [u.cid for u in uploads] == chosen
             for upload in uploads:
                 assert upload.state["w"].item() == round_index + 1
@@ -61,10 +62,10 @@ def test_a_clients_state_follows_it_to_whichever_worker_trains_it():
         counts = {cid: int(fleet.kept(cid)["count"]) for cid in "abc"}
         assert counts == {"a": 2, "b": 2, "c": 4}  # no round lost, whatever worker trained it
         assert len(set().union(*pids.values())) == 2 and len(pids["c"]) == 2  # c moved between the workers
-        evaluated = fleet.evaluate({cid: Dispatch({"w": torch.tensor(0.0)}) for cid in "abc"}, ("test",))
+        evaluated = fleet.evaluate({cid: make_dispatch({"w": torch.tensor(0.0)}) for cid in "abc"}, ("test",))
         assert {r["cid"]: r["count"] for r in evaluated} == counts
         fleet.set_kept("a", {"count": torch.tensor(10)})  # e.g. state restored from elsewhere reaches the worker
-        fleet.train({"a": Dispatch({"w": torch.tensor(0.0)})})
+        fleet.train({"a": make_dispatch({"w": torch.tensor(0.0)})})
         assert int(fleet.kept("a")["count"]) == 11
     finally:
         fleet.close()
@@ -77,7 +78,7 @@ def test_a_dead_worker_is_an_error_not_a_hang():
         os.kill(fleet.processes[0].pid, signal.SIGKILL)
         fleet.processes[0].join(timeout=10)
         with pytest.raises(RuntimeError, match="worker process 0 stopped unexpectedly"):
-            fleet.train({cid: Dispatch({"w": torch.tensor(0.0)}) for cid in "abc"})
+            fleet.train({cid: make_dispatch({"w": torch.tensor(0.0)}) for cid in "abc"})
     finally:
         fleet.close()
 

@@ -9,6 +9,8 @@ takes v's buffers (BatchNorm statistics), which are the ones updated while it tr
 checkpointed uses the latest global w; a client that never trained is tested with the global model; the round's
 train_loss is the sum of the two losses the batch minimises.
 """
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -17,6 +19,7 @@ from torch.func import functional_call
 from fedcmd_plugin import aggregate as agg
 from fedcmd_plugin.baselines.common import as_kept, personal_model
 from fedcmd_plugin.federation.client import FederatedClient
+from fedcmd_plugin.federation.messages import Settings
 from fedcmd_plugin.federation.server import FederatedServer
 from fedcmd_plugin.models import classification_model
 from fedcmd_plugin.registry import Algorithm, register_algorithm
@@ -34,6 +37,13 @@ def mixed_model(shared, kept, parameters):
     return {**personal, **agg.mixture(personal, shared, kept[ALPHA], parameters)}
 
 
+@dataclass(frozen=True)
+class APFLSettings(Settings):
+    alpha: float  # the initial mixing weight of the personal model
+    adaptive: bool  # whether each client learns its alpha
+    alpha_lr: float  # the step of alpha's gradient descent
+
+
 class APFLServer(FederatedServer):
     personal_models = True
 
@@ -41,10 +51,10 @@ class APFLServer(FederatedServer):
         self.parameter_keys = parameter_names(model)
         super().setup(model, clients)
 
-    def round_meta(self):
+    def algorithm_settings(self):
         apfl = self.conf.apfl
         step = self.conf.client.optimizer.lr if apfl.alpha_lr is None else apfl.alpha_lr
-        return {"apfl": {"alpha": float(apfl.alpha), "adaptive": bool(apfl.adaptive), "alpha_lr": float(step)}}
+        return APFLSettings(float(apfl.alpha), bool(apfl.adaptive), float(step))
 
     def client_own_state(self, cid, kept):
         """The model it is tested with, alpha v + (1 - alpha) w, whole ({} before it trained: the global model)."""
@@ -58,20 +68,21 @@ class APFLServer(FederatedServer):
 
 
 class APFLClient(FederatedClient):
+    settings_type = APFLSettings
     personal = None  # v's tensors while the client trains
 
     def train(self, conf, device="cpu"):
-        settings = self.dispatch.meta["apfl"]
+        settings = self.dispatch.algorithm
         self.parameter_keys = parameter_names(self.model)
         received = {key: value.detach().clone() for key, value in self.model.state_dict().items()}
         start = personal_model(self.kept) or received
         self.personal = {key: value.detach().clone().requires_grad_(key in self.parameter_keys)
                          for key, value in start.items()}
-        alpha = self.kept.get(ALPHA, torch.tensor(float(settings["alpha"]), device=self.device))
-        self.alpha = alpha.detach().clone().requires_grad_(bool(settings["adaptive"]))
+        alpha = self.kept.get(ALPHA, torch.tensor(settings.alpha, device=self.device))
+        self.alpha = alpha.detach().clone().requires_grad_(settings.adaptive)
         groups = [{"params": list(self.model.parameters())}, {"params": [self.personal[k] for k in self.parameter_keys]}]
-        if settings["adaptive"]:
-            groups.append({"params": [self.alpha], "lr": settings["alpha_lr"], "momentum": 0.0, "weight_decay": 0.0})
+        if settings.adaptive:
+            groups.append({"params": [self.alpha], "lr": settings.alpha_lr, "momentum": 0.0, "weight_decay": 0.0})
         self.model.train()
         try:
             self.run_epochs(self.make_optimizer(groups), self.local_epochs(self.dispatch), "train")

@@ -14,11 +14,14 @@ reference code pools per-batch unbiased variances); the pretrained model comes f
 than from a separate pooled pre-training set; W is computed over each round's uploaders (with every client in
 every round, as in the paper's experiments, that is the paper's full matrix).
 """
+from dataclasses import dataclass, replace
+
 import torch
 
 from fedcmd_plugin import aggregate as agg
 from fedcmd_plugin.baselines.common import flatten_states, nested_states
 from fedcmd_plugin.errors import ConfigError
+from fedcmd_plugin.federation.messages import Settings
 from fedcmd_plugin.models import classification_model
 from fedcmd_plugin.personalized.client import PersonalizedClient
 from fedcmd_plugin.personalized.layers import BATCH_NORMS, bn_keys
@@ -85,6 +88,20 @@ def batch_norm_statistics(model, layers, batches):
     return statistics
 
 
+@dataclass(frozen=True)
+class FedAPSettings(Settings):
+    phase: str  # pretrain (FedAvg) | personalised
+    bn_statistics: tuple[str, ...] = ()  # BatchNorm layers whose statistics the client reports, before training
+
+    def expected_extras(self, layout):
+        extras, minimum = {}, {}
+        for layer in self.bn_statistics:  # per-channel mean and variance (>= 0) of each layer asked for
+            shape = layout[f"{layer}.running_mean"][1]
+            extras[f"mean/{layer}"] = extras[f"var/{layer}"] = ("float32", shape)
+            minimum[f"var/{layer}"] = 0.0
+        return extras, minimum
+
+
 class FedAPServer(PersonalizedServer):
     def setup(self, model, clients):
         self.batch_norm_keys = bn_keys(model)
@@ -98,14 +115,14 @@ class FedAPServer(PersonalizedServer):
     def personal_keys(self):
         return [] if self.pretraining() else self.batch_norm_keys
 
-    def round_meta(self):
-        return {"phase": "pretrain" if self.pretraining() else "personalised"}
+    def algorithm_settings(self):
+        return FedAPSettings("pretrain" if self.pretraining() else "personalised")
 
     def training_dispatch(self, cid, dispatch):
         """After pre-training, a client that has not reported its statistics is asked for them."""
         dispatch = super().training_dispatch(cid, dispatch)
         if not self.pretraining() and cid not in self.statistics:
-            dispatch.meta["bn_statistics"] = self.layers
+            dispatch.algorithm = replace(dispatch.algorithm, bn_statistics=tuple(self.layers))
         return dispatch
 
     def client_statistics(self, cid):
@@ -139,9 +156,11 @@ class FedAPServer(PersonalizedServer):
 
 
 class FedAPClient(PersonalizedClient):
+    settings_type = FedAPSettings
+
     def pre_train(self):
         """When asked, the BatchNorm statistics of the model as received (the pretrained one), before training."""
-        layers = list(self.dispatch.meta.get("bn_statistics", []))
+        layers = list(self.dispatch.algorithm.bn_statistics)
         self.statistics = batch_norm_statistics(
             self.model, layers, self.train_data.batches(self.cid, self.conf.test_batch_size, None, self.device)) \
             if layers else {}

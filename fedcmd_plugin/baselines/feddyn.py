@@ -9,16 +9,24 @@ Choices: the mean is the paper's plain mean over the round's clients (server.agg
 the regulariser and h cover the model's parameters, while buffers (BatchNorm statistics) are plainly averaged;
 the local problem is solved inexactly by the configured local epochs of SGD, as in the paper's experiments.
 """
+from dataclasses import dataclass
+
 import torch
 
 from fedcmd_plugin import aggregate as agg
 from fedcmd_plugin.baselines.common import RegularisedClient, parameters_of
 from fedcmd_plugin.errors import PluginError
+from fedcmd_plugin.federation.messages import Settings
 from fedcmd_plugin.federation.server import FederatedServer
 from fedcmd_plugin.models import classification_model
 from fedcmd_plugin.registry import Algorithm, register_algorithm
 
 GRADIENT = "feddyn.gradient."  # kept-state names of a client's linear-term state, one per parameter
+
+
+@dataclass(frozen=True)
+class FedDynSettings(Settings):
+    alpha: float  # weight of the dynamic regulariser
 
 
 class FedDynServer(FederatedServer):
@@ -29,8 +37,8 @@ class FedDynServer(FederatedServer):
     def alpha(self):
         return float(self.conf.feddyn.alpha)
 
-    def round_meta(self):
-        return {"feddyn": {"alpha": self.alpha()}}
+    def algorithm_settings(self):
+        return FedDynSettings(self.alpha())
 
     def aggregate(self, uploads):
         if not uploads:
@@ -55,8 +63,10 @@ class FedDynServer(FederatedServer):
 
 
 class FedDynClient(RegularisedClient):
+    settings_type = FedDynSettings
+
     def train(self, conf, device="cpu"):
-        alpha = self.dispatch.meta["feddyn"]["alpha"]
+        alpha = self.dispatch.algorithm.alpha
         server = parameters_of(self.model)
         gradient = {name: self.kept.get(GRADIENT + name, torch.zeros_like(value)) for name, value in server.items()}
         with self.regularised(alpha, server, gradient):

@@ -15,6 +15,8 @@ epsilon decays linearly per round as in the reference code (0.3, 0.05); P's incr
 its own: there is no global model, a client that never trained holds the initial model. In round 1 no client has
 a model yet, so everyone trains alone first.
 """
+from dataclasses import dataclass, replace
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,7 @@ from fedcmd_plugin import aggregate as agg
 from fedcmd_plugin.baselines.common import flatten_states, nested_states
 from fedcmd_plugin.errors import PluginError
 from fedcmd_plugin.federation.client import FederatedClient
+from fedcmd_plugin.federation.messages import Settings
 from fedcmd_plugin.federation.seeding import derived_seed
 from fedcmd_plugin.federation.server import FederatedServer
 from fedcmd_plugin.models import classification_model
@@ -59,6 +62,15 @@ def validation_count(samples, ratio):
     return 0 if samples < 2 else min(samples - 1, max(1, round(ratio * samples)))
 
 
+@dataclass(frozen=True)
+class FedFomoSettings(Settings):
+    val_ratio: float  # the share of a client's training samples held out to score the downloaded models
+    peers: tuple[str, ...] = ()  # whose models this dispatch carries (in `extra`, as "<peer>/<key>")
+
+    def expected_extras(self, layout):
+        return ({"fomo_weights": ("float32", (len(self.peers),))} if self.peers else {}), {}
+
+
 class FedFomoServer(FederatedServer):
     has_global_model = False
 
@@ -87,8 +99,8 @@ class FedFomoServer(FederatedServer):
         chosen = choose_peers(self.affinity[self.place[cid]], candidates, fomo.models_per_round, epsilon, rng)
         return [self.client_order[k] for k in chosen]
 
-    def round_meta(self):
-        return {"val_ratio": self.conf.fedfomo.val_ratio}
+    def algorithm_settings(self):
+        return FedFomoSettings(float(self.conf.fedfomo.val_ratio))
 
     def own_state(self, cid):
         """The client's own latest model (the shared initial model before it first trains)."""
@@ -96,7 +108,7 @@ class FedFomoServer(FederatedServer):
 
     def training_dispatch(self, cid, dispatch):
         peers = self.round_peers.get(cid, [])
-        dispatch.meta["fomo_peers"] = peers
+        dispatch.algorithm = replace(dispatch.algorithm, peers=tuple(peers))
         dispatch.extra = {f"{peer}/{key}": tensor for peer in peers for key, tensor in self.latest[peer].items()
                           if tensor.is_floating_point()}
         return dispatch
@@ -122,11 +134,13 @@ class FedFomoServer(FederatedServer):
 
 
 class FedFomoClient(FederatedClient):
+    settings_type = FedFomoSettings
+
     def validation_split(self):
         """(training, validation) sample indices: a hold-out seeded by (seed, client) alone, the same every round."""
         samples = self.train_data.size(self.cid)
-        held = validation_count(samples, float(self.dispatch.meta["val_ratio"]))
-        generator = torch.Generator().manual_seed(derived_seed(self.dispatch.meta.get("seed", 0), self.cid,
+        held = validation_count(samples, self.dispatch.algorithm.val_ratio)
+        generator = torch.Generator().manual_seed(derived_seed(self.dispatch.settings.seed, self.cid,
                                                                "fedfomo-validation"))
         order = torch.randperm(samples, generator=generator)
         return order[held:].sort().values, order[:held].sort().values
@@ -147,7 +161,7 @@ class FedFomoClient(FederatedClient):
 
     def pre_train(self):
         """Step towards the downloaded models that lower the validation loss (FedFomo's federated update)."""
-        peers = list(self.dispatch.meta.get("fomo_peers", []))
+        peers = list(self.dispatch.algorithm.peers)
         self.fomo_weights = torch.zeros(len(peers))
         _, validation = self.validation_split()
         if not peers or not len(validation):
@@ -167,7 +181,7 @@ class FedFomoClient(FederatedClient):
 
     def make_upload(self, dispatch):
         upload = super().make_upload(dispatch)
-        if dispatch.meta.get("fomo_peers"):
+        if dispatch.algorithm.peers:
             upload.extra["fomo_weights"] = self.fomo_weights
         return upload
 

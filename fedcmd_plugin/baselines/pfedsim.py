@@ -1,7 +1,7 @@
 """pFedSim: after FedAvg warm-up rounds, each client keeps its classifier head and receives a body aggregated
 with weights from the similarity of the clients' classifiers (the head is the signature, not sent back)."""
 from fedcmd_plugin.models import classification_model
-from fedcmd_plugin.personalized.client import PersonalizedClient
+from fedcmd_plugin.personalized.client import PersonalizedClient, SignatureSettings
 from fedcmd_plugin.personalized.server import PersonalizedServer
 from fedcmd_plugin.registry import Algorithm, register_algorithm
 
@@ -13,10 +13,10 @@ class PFedSimServer(PersonalizedServer):
     def personal_blocks(self):
         return [] if self.warming_up() else super().personal_blocks()
 
-    def round_meta(self):
+    def algorithm_settings(self):
         if self.warming_up():
-            return {"phase": "warmup"}
-        return {"phase": "personalised", "signature": "value", "signature_keys": self.personal_keys()}
+            return SignatureSettings("warmup")
+        return SignatureSettings("personalised", "value", tuple(self.personal_keys()))
 
     def aggregate(self, uploads):
         if self.warming_up():
@@ -25,5 +25,9 @@ class PFedSimServer(PersonalizedServer):
         self.aggregate_by_similarity(uploads, body, [u.extra["signature"] for u in uploads])
 
 
-register_algorithm(Algorithm("pfedsim", PFedSimServer, PersonalizedClient, classification_model,
+class PFedSimClient(PersonalizedClient):
+    settings_type = SignatureSettings
+
+
+register_algorithm(Algorithm("pfedsim", PFedSimServer, PFedSimClient, classification_model,
                              "pFedSim: personal head, body aggregated by classifier similarity"))

@@ -19,6 +19,7 @@ import torch
 from fedcmd_plugin import aggregate as agg
 from fedcmd_plugin.errors import ConfigError
 from fedcmd_plugin.fedcmd import selection
+from fedcmd_plugin.fedcmd.client import FedCMDSettings, Scoring
 from fedcmd_plugin.personalized.layers import split_keys
 from fedcmd_plugin.personalized.server import PersonalizedServer
 from fedcmd_plugin.personalized.similarity import LatestStates
@@ -95,13 +96,14 @@ class FedCMDServer(PersonalizedServer):
         """(before, personal, after) keys of the chosen layer."""
         return split_keys(self.state_keys, self.block_of, self.block_names, self.chosen)
 
-    def round_meta(self):
+    def algorithm_settings(self):
         cmd = self.conf.fedcmd
         if self.in_selection():
-            return {"phase": "selection", "score": self.chosen is None, "candidates": list(self.rule.candidates),
-                    "preferred": self.rule.preferred, "distance": self.rule.distance, "max_values": cmd.max_values,
-                    "score_batches": cmd.score_batches}
-        return {"phase": "decoupled", "signature": "update", "signature_keys": self.split()[1]}
+            rule = self.rule
+            scoring = Scoring(rule.distance, tuple(int(b) for b in rule.candidates), rule.preferred,
+                              int(cmd.max_values), int(cmd.score_batches)) if self.chosen is None else None
+            return FedCMDSettings("selection", scoring=scoring)
+        return FedCMDSettings("decoupled", "update", tuple(self.split()[1]))
 
     # ----- aggregation --------------------------------------------------------------------------------------------
     def mixes_by_reference(self):

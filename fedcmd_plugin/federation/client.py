@@ -27,6 +27,8 @@ def model_entries(kept, model_state):
 
 
 class FederatedClient(BaseClient):
+    settings_type = None  # the Settings dataclass of the algorithm's part of each Dispatch (None: it has none)
+
     def __init__(self, cid, conf, train_data, test_data, device, **kwargs):
         super().__init__(cid, conf, train_data, test_data, device, **kwargs)
         self.kept = {}  # the client's own tensors (personal layers, memories): never aggregated
@@ -42,7 +44,7 @@ class FederatedClient(BaseClient):
 
     def personal_keys(self, dispatch):
         """State-dict keys this client keeps for itself; the server names them per round."""
-        return list(dispatch.meta.get("personal_keys", []))
+        return list(dispatch.settings.personal_keys)
 
     def download(self, dispatch):
         self.dispatch = dispatch
@@ -70,7 +72,7 @@ class FederatedClient(BaseClient):
         self.dispatch = None
 
     def local_epochs(self, dispatch):
-        return int(dispatch.meta.get("local_epoch", self.conf.local_epoch))
+        return dispatch.settings.local_epoch
 
     def make_optimizer(self, parameters, lr=None):
         opt = self.conf.optimizer
@@ -92,7 +94,7 @@ class FederatedClient(BaseClient):
         single value per channel (and one sample's own statistics say nothing of the data), while merging keeps
         every sample in every epoch.
         """
-        generator = client_generator(self.dispatch.meta, self.cid, label)
+        generator = client_generator(self.dispatch.settings, self.cid, label)
         min_last = 2 if has_batch_norm(self.model) else 1
         loss_sum, seen = 0.0, 0
         for epoch in epoch_bar(epochs, f"{self.cid} {label}"):
@@ -137,7 +139,7 @@ class FederatedClient(BaseClient):
         """The model this client would use now: the server's state for it plus its own kept state,
         fine-tuned on a copy for `client.finetune_epoch` epochs when set."""
         self.load_personalised(dispatch)
-        epochs = int(dispatch.meta.get("finetune_epoch", self.conf.finetune_epoch))
+        epochs = dispatch.settings.finetune_epoch
         if epochs <= 0:
             return self.model
         tuned = copy.deepcopy(self.model)

@@ -1,8 +1,12 @@
-"""What the server sends a client for one round (Dispatch) and what comes back (Upload).
+"""What the server sends a client for one round (Dispatch: the round's typed RoundSettings and the algorithm's
+own typed Settings beside the tensors) and what comes back (Upload).
 
 The same two messages are passed as Python objects in standalone mode, gathered across ranks in distributed
 mode and sent over gRPC in remote mode; `to_bytes`/`from_bytes` use the safe tensor codec, never pickle.
 """
+import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 
 from fedcmd_plugin.federation import codec
@@ -38,21 +42,110 @@ def layout(payload):
     return split_groups({name: (dtype, shape) for name, dtype, shape in entries}), meta
 
 
-@dataclass
-class Dispatch:
-    """Server -> client. `state`: parameters the client loads (its personal keys stay its own);
-    `meta`: JSON settings of the round (round, seed, epochs, personal keys, algorithm phase...)."""
-    state: dict
-    meta: dict = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)
+# ----- the round's settings ----------------------------------------------------------------------------------------
+def typed(kind, value, where):
+    """`value` (decoded JSON) as the annotated type `kind`: int, float, bool, str, X | None, tuple[X, ...] or a
+    Settings dataclass; anything else is a CodecError naming `where`. int is not bool; a float field takes an int."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (kind,) = [arg for arg in args if arg is not type(None)]
+        return typed(kind, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise codec.CodecError(f"{where} must be a list")
+        return tuple(typed(args[0], item, f"{where}[{i}]") for i, item in enumerate(value))
+    if dataclasses.is_dataclass(kind):
+        return kind.from_json(value, where)
+    if kind is float and type(value) is int:
+        return float(value)
+    if type(value) is not kind:
+        raise codec.CodecError(f"{where} must be {kind.__name__}, got {type(value).__name__}")
+    return value
 
-    def to_bytes(self):
-        return pack({"state": self.state, "extra": self.extra}, self.meta)
+
+class Settings:
+    """Base of the typed parts of a Dispatch: frozen dataclasses whose fields are JSON-able values (`typed`).
+    An algorithm's Settings also say what a client's upload carries in answer (checked in remote mode)."""
+
+    def expected_extras(self, layout):
+        """({extra name: (dtype name, shape)}, {extra name: smallest value}) of the upload's extras, from the
+        model's `layout` ({key: (dtype name, shape)})."""
+        return {}, {}
+
+    def vote_candidates(self):
+        """The blocks a vote in the upload may name; None: no vote is asked for."""
+        return None
+
+    def to_json(self):
+        return dataclasses.asdict(self)
 
     @classmethod
-    def from_bytes(cls, payload):
-        groups, meta = unpack(payload)
-        return cls(groups["state"], meta, groups["extra"])
+    def from_json(cls, obj, where=None):
+        where = where or cls.__name__
+        if not isinstance(obj, dict):
+            raise codec.CodecError(f"{where} must be an object")
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(obj) - names)
+        if unknown:
+            raise codec.CodecError(f"{where} has unknown fields {unknown}")
+        values = {}
+        for f in dataclasses.fields(cls):
+            if f.name in obj:
+                values[f.name] = typed(hints[f.name], obj[f.name], f"{where}.{f.name}")
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise codec.CodecError(f"{where} lacks field {f.name!r}")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class RoundSettings(Settings):
+    """What every client is told about the round: which one, the run's seed (with round and client it seeds every
+    draw), its local epochs (fewer for the round's stragglers), the epochs it fine-tunes before its personalised
+    test, and the state keys it keeps for itself."""
+    round: int
+    seed: int
+    local_epoch: int
+    finetune_epoch: int = 0
+    personal_keys: tuple[str, ...] = ()
+
+
+@dataclass
+class Dispatch:
+    """Server -> client. `state`: parameters the client loads (its personal keys stay its own); `settings`: the
+    round's RoundSettings; `algorithm`: the algorithm's own typed settings (the `Settings` dataclass its client
+    declares as `settings_type`; None for algorithms without any); `extra`: tensors only training needs (e.g.
+    other clients' models)."""
+    state: dict
+    settings: RoundSettings
+    algorithm: Settings | None = None
+    extra: dict = field(default_factory=dict)
+
+    def header(self):
+        return {"round": self.settings.to_json(),
+                "algorithm": None if self.algorithm is None else self.algorithm.to_json()}
+
+    def to_bytes(self):
+        return pack({"state": self.state, "extra": self.extra}, self.header())
+
+    @classmethod
+    def from_parts(cls, groups, header, settings_type):
+        """A Dispatch from decoded tensor groups and header; `settings_type`: the algorithm's Settings class."""
+        if not isinstance(header, dict) or set(header) != {"round", "algorithm"}:
+            raise codec.CodecError("dispatch header must hold exactly round and algorithm")
+        algorithm = header["algorithm"]
+        if (algorithm is None) != (settings_type is None):
+            wanted = "absent" if settings_type is None else f"an object of {settings_type.__name__}"
+            raise codec.CodecError(f"dispatch algorithm settings must be {wanted}")
+        return cls(groups["state"], RoundSettings.from_json(header["round"]),
+                   None if algorithm is None else settings_type.from_json(algorithm), groups["extra"])
+
+    @classmethod
+    def from_bytes(cls, payload, settings_type=None):
+        groups, header = unpack(payload)
+        return cls.from_parts(groups, header, settings_type)
 
 
 @dataclass

@@ -9,8 +9,9 @@ def derived_seed(*parts):
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def client_generator(meta, cid, purpose):
-    """A generator for one client's shuffling in one round; also seeds torch's global RNG (dropout, init)."""
-    seed = derived_seed(meta.get("seed", 0), meta.get("round", 0), cid, purpose)
+def client_generator(settings, cid, purpose):
+    """A generator for one client's shuffling in one round (`settings`: the round's RoundSettings, or anything with
+    its `seed` and `round`); also seeds torch's global RNG (dropout, init)."""
+    seed = derived_seed(settings.seed, settings.round, cid, purpose)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)

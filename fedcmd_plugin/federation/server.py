@@ -8,12 +8,12 @@ Every `server.checkpoint_every` rounds, and when the run is stopped (SIGTERM, SI
 folder gets the checkpoint that `resume` continues from (`federation.checkpoint`).
 Algorithms override `personal_keys`, `shared_state` / `own_state` (what a client loads: the state every client
 shares, and what the server holds for one client alone), `training_dispatch` (what only training needs on top),
-`aggregate`, `round_meta`, `client_own_state` (when a client's own model is not its kept model keys over
+`aggregate`, `algorithm_settings` (the algorithm's typed part of each Dispatch), `client_own_state` (when a client's own model is not its kept model keys over
 `own_state`) and, for what their server keeps between rounds, `algorithm_state` / `load_algorithm_state`; the
 maths they call lives in `fedcmd_plugin.aggregate`.
 """
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import torch
@@ -23,15 +23,26 @@ from fedcmd_plugin import aggregate as agg
 from fedcmd_plugin.errors import ConfigError, PluginError
 from fedcmd_plugin.federation import checkpoint, distributed, progress
 from fedcmd_plugin.federation.client import model_entries
-from fedcmd_plugin.federation.evaluation import measure, sampled_accuracy_interval, summarise_classification
+from fedcmd_plugin.federation.evaluation import (
+    measure,
+    sampled_accuracy_interval,
+    summarise_classification,
+)
 from fedcmd_plugin.federation.fleet import LocalFleet
-from fedcmd_plugin.federation.messages import Dispatch
+from fedcmd_plugin.federation.messages import Dispatch, RoundSettings
 from fedcmd_plugin.federation.seeding import derived_seed
-from fedcmd_plugin.federation.stopping import STOP_SIGNALS, RunInterrupted, stop_on_signals
-from fedcmd_plugin.federation.workers import ProcessFleet, threads_per_worker, worker_count
+from fedcmd_plugin.federation.stopping import (
+    STOP_SIGNALS,
+    RunInterrupted,
+    stop_on_signals,
+)
+from fedcmd_plugin.federation.workers import (
+    ProcessFleet,
+    threads_per_worker,
+    worker_count,
+)
 from fedcmd_plugin.session import logger, prepared_config
 from fedcmd_plugin.tracking import Recorder
-
 
 EVALUATION_CHUNK = 256  # clients whose dispatches exist at once while evaluating
 SIGNAL_NAMES = {number.name for number in STOP_SIGNALS}
@@ -220,9 +231,10 @@ class FederatedServer(BaseServer):
         """State-dict keys that stay on the clients this round."""
         return []
 
-    def round_meta(self):
-        """JSON settings every client receives this round."""
-        return {}
+    def algorithm_settings(self):
+        """The algorithm's own typed settings every client receives this round (an instance of the Settings
+        dataclass its client declares as `settings_type`); None for algorithms without any."""
+        return None
 
     def finetune_epochs(self):
         """Epochs each client fine-tunes (on a copy) before its personalised test."""
@@ -240,10 +252,10 @@ class FederatedServer(BaseServer):
         """{cid: Dispatch} of what each client loads this round: the shared state (worked out once for all of
         `cids`: an evaluation dispatches every client) updated with its own. Personal keys are sent too, as the
         starting values of a client that has none yet; a client's kept state always takes precedence over them."""
-        shared, meta = self.shared_state(), self.round_settings()
-        epochs = self.conf.client.local_epoch
+        shared, settings, algorithm = self.shared_state(), self.round_settings(), self.algorithm_settings()
         return {cid: Dispatch({**shared, **self.own_state(cid)},
-                              {**meta, "local_epoch": self.stragglers.get(cid, epochs)}) for cid in cids}
+                              replace(settings, local_epoch=self.stragglers.get(cid, settings.local_epoch)),
+                              algorithm) for cid in cids}
 
     def training_dispatch(self, cid, dispatch):
         """What client `cid` trains from this round: its `dispatch` plus what only training needs (e.g. other
@@ -280,10 +292,11 @@ class FederatedServer(BaseServer):
 
     # ----- the round ------------------------------------------------------------------------------------------
     def round_settings(self):
-        """The settings every client receives this round; `dispatches` adds each client's local epochs (fewer for
-        the round's stragglers, client.straggler_ratio)."""
-        return {"round": self._current_round, "seed": self.conf.seed, "finetune_epoch": self.finetune_epochs(),
-                "personal_keys": list(self.personal_keys()), **self.round_meta()}
+        """The RoundSettings every client receives this round; `dispatches` gives the round's stragglers fewer
+        local epochs (client.straggler_ratio)."""
+        return RoundSettings(round=int(self._current_round), seed=int(self.conf.seed),
+                             local_epoch=int(self.conf.client.local_epoch), finetune_epoch=int(self.finetune_epochs()),
+                             personal_keys=tuple(self.personal_keys()))
 
     def clients_per_round(self):
         ratio = self.conf.server.join_ratio

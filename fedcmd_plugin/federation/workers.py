@@ -81,7 +81,7 @@ def _serve(connection, fleet, threads):
             for cid, payload, kept, splits in jobs:
                 if kept is not None:
                     fleet.set_kept(cid, _unpack_kept(kept))
-                dispatch = Dispatch.from_bytes(payload)
+                dispatch = Dispatch.from_bytes(payload, type(fleet.clients[cid]).settings_type)
                 if operation == "train":
                     results.append(fleet.clients[cid].run_round(dispatch).to_bytes())
                 else:

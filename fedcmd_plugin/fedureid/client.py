@@ -6,18 +6,38 @@ saturates) -> extract features and run one BUC merge step (personalised clusteri
 amount) -> rebuild the memory. The memory and the pseudo labels are the edge's kept state: never aggregated.
 """
 import time
+from dataclasses import dataclass
 
 import torch
 
 from fedcmd_plugin.federation.client import FederatedClient
-from fedcmd_plugin.federation.messages import Upload
+from fedcmd_plugin.federation.messages import Settings, Upload
 from fedcmd_plugin.federation.progress import epoch_bar
 from fedcmd_plugin.federation.seeding import client_generator
 from fedcmd_plugin.fedureid import buc, metrics, personalization
 from fedcmd_plugin.fedureid.memory import ClusterMemory
 
 
+@dataclass(frozen=True)
+class FedUReIDSettings(Settings):
+    """An edge's round: personalised epochs (PE) and clustering (PC), BUC's merging and the memory bank."""
+    personalized_epoch: bool
+    personalized_clustering: bool
+    merge_percent: float
+    size_penalty: float
+    target_clusters: int | None
+    remaining_steps: int
+    temperature: float
+    momentum: float
+    reference_images: float | None
+    patience: int
+    precision_threshold: float
+    saturation: float
+
+
 class FedUReIDClient(FederatedClient):
+    settings_type = FedUReIDSettings
+
     def download(self, dispatch):
         """Model state from the cloud only: the kept memory and labels are not model parameters."""
         self.dispatch = dispatch
@@ -27,7 +47,7 @@ class FedUReIDClient(FederatedClient):
         self.model.to(self.device)
 
     def settings(self):
-        return self.dispatch.meta["fedureid"]
+        return self.dispatch.algorithm
 
     @property
     def images(self):
@@ -43,11 +63,11 @@ class FedUReIDClient(FederatedClient):
         s = self.settings()
         if "labels" not in self.kept:  # first round: every image is its own cluster
             labels = torch.arange(len(self.images))
-            memory = ClusterMemory(len(labels), self.model.out_dim, s["temperature"], s["momentum"]).to(self.device)
+            memory = ClusterMemory(len(labels), self.model.out_dim, s.temperature, s.momentum).to(self.device)
             memory.rebuild(self.features(self.images), labels.to(self.device))
             self.round_stats["images_extracted"] = len(self.images)
             return labels, memory
-        memory = ClusterMemory(1, self.model.out_dim, s["temperature"], s["momentum"]).to(self.device)
+        memory = ClusterMemory(1, self.model.out_dim, s.temperature, s.momentum).to(self.device)
         memory.vectors = self.kept["memory"].to(self.device).clone()
         return self.kept["labels"].clone(), memory
 
@@ -56,13 +76,13 @@ class FedUReIDClient(FederatedClient):
         labels, memory = self.memory_from_kept()
         labels_on_device = labels.to(self.device)
         optimizer = self.make_optimizer(self.model.parameters())
-        generator = client_generator(self.dispatch.meta, self.cid, "train")
+        generator = client_generator(self.dispatch.settings, self.cid, "train")
         history, epochs_run, images = [], 0, 0
         planned = self.local_epochs(self.dispatch)
         for _ in epoch_bar(planned, f"{self.cid} train"):
-            if s["personalized_epoch"] and epochs_run >= personalization.adaptive_epochs(
-                    planned, len(self.images), s["reference_images"] or len(self.images), history,
-                    patience=s["patience"], threshold=s["precision_threshold"], saturation=s["saturation"]):
+            if s.personalized_epoch and epochs_run >= personalization.adaptive_epochs(
+                    planned, len(self.images), s.reference_images or len(self.images), history,
+                    patience=s.patience, threshold=s.precision_threshold, saturation=s.saturation):
                 break
             self.model.train()
             correct, seen = 0, 0
@@ -94,12 +114,12 @@ class FedUReIDClient(FederatedClient):
         started = time.time()
         feats = self.features(self.images)
         clusters = int(labels.max()) + 1
-        if s["personalized_clustering"]:
-            merges = personalization.merge_amount(len(self.images), clusters, s["target_clusters"],
-                                                  max(1, s["remaining_steps"]))
+        if s.personalized_clustering:
+            merges = personalization.merge_amount(len(self.images), clusters, s.target_clusters,
+                                                  max(1, s.remaining_steps))
         else:
-            merges = min(clusters - 1, round(s["merge_percent"] * len(self.images)))
-        new_labels = buc.merge_step(feats, labels.to(feats.device), merges, s["size_penalty"]).cpu()
+            merges = min(clusters - 1, round(s.merge_percent * len(self.images)))
+        new_labels = buc.merge_step(feats, labels.to(feats.device), merges, s.size_penalty).cpu()
         memory.rebuild(feats, new_labels.to(feats.device))
         self.kept = {"labels": new_labels, "memory": memory.vectors.detach().cpu().clone()}
         self.round_stats.update(clusters=int(new_labels.max()) + 1, merges=merges,

@@ -10,6 +10,7 @@ import numpy as np
 from fedcmd_plugin import aggregate as agg
 from fedcmd_plugin.errors import DataError
 from fedcmd_plugin.federation.server import FederatedServer
+from fedcmd_plugin.fedureid.client import FedUReIDSettings
 from fedcmd_plugin.tracking import plots
 
 REID_METRICS = ("mAP", "rank1", "rank5", "rank10")
@@ -49,14 +50,17 @@ class FedUReIDServer(FederatedServer):
             raise
         return float(statistics.median(train.size(cid) for cid in train.users))
 
-    def round_meta(self):
+    def algorithm_settings(self):
         f = self.conf.fedureid
-        return {"fedureid": {
-            "personalized_epoch": f.personalized_epoch, "personalized_clustering": f.personalized_clustering,
-            "merge_percent": f.merge_percent, "size_penalty": f.size_penalty, "target_clusters": f.target_clusters,
-            "remaining_steps": self.conf.server.rounds - self._current_round, "temperature": f.temperature,
-            "momentum": f.memory_momentum, "reference_images": self.reference_images, "patience": f.patience,
-            "precision_threshold": f.precision_threshold, "saturation": f.precision_saturation}}
+        return FedUReIDSettings(
+            personalized_epoch=bool(f.personalized_epoch), personalized_clustering=bool(f.personalized_clustering),
+            merge_percent=float(f.merge_percent), size_penalty=float(f.size_penalty),
+            target_clusters=None if f.target_clusters is None else int(f.target_clusters),
+            remaining_steps=int(self.conf.server.rounds - self._current_round), temperature=float(f.temperature),
+            momentum=float(f.memory_momentum),
+            reference_images=None if self.reference_images is None else float(self.reference_images),
+            patience=int(f.patience), precision_threshold=float(f.precision_threshold),
+            saturation=float(f.precision_saturation))
 
     def own_state(self, cid):
         """The edge's own model of the personalised update (or of local-only training), once it has one."""

@@ -29,7 +29,6 @@ from easyfl.pb import server_service_pb2 as server_pb
 from easyfl.pb import server_service_pb2_grpc as server_grpc
 
 from fedcmd_plugin.errors import ConfigError, PluginError
-from fedcmd_plugin.federation.messages import Dispatch
 from fedcmd_plugin.remote.auth import UPLOAD_MAC, RequireToken, read_token, sign_upload
 from fedcmd_plugin.remote.kept_store import KeptStore
 from fedcmd_plugin.remote.roles import init_role, seed_all
@@ -56,8 +55,9 @@ class ClientService(client_grpc.ClientServiceServicer):
     request still queued or running refuses the next one (SC_ALREADY_EXISTS).
     """
 
-    def __init__(self, make_client, own_initial, hosted, server_address, transport, store):
+    def __init__(self, make_client, own_initial, hosted, server_address, transport, store, settings_type=None):
         self.make_client = make_client
+        self.settings_type = settings_type  # the algorithm's Settings class (its client's settings_type)
         self.store = store
         self.own_initial = own_initial
         self.hosted = dict(hosted)
@@ -79,7 +79,7 @@ class ClientService(client_grpc.ClientServiceServicer):
 
     def Operate(self, request, context):
         try:
-            dispatch, envelope, initial = unwrap(Dispatch.from_bytes(request.model))
+            dispatch, envelope, initial = unwrap(request.model, self.settings_type)
         except PluginError as exc:
             self.log.warning(f"client {self.describe()}: refused a request whose model is not a tensor archive")
             return response(common_pb.SC_INVALID_REQUEST, f"model is not a tensor archive: {one_line(exc)}")
@@ -234,7 +234,7 @@ def build(conf, indexes):
     hosted = {i: users[i] for i in indexes}
     transport = transport_for(conf, "client", state_bytes(own_initial), indexes[0])
     return conf, ClientService(make_client, own_initial, hosted, str(conf.remote.server_address), transport,
-                               KeptStore(conf.remote.state_dir))
+                               KeptStore(conf.remote.state_dir), client_class.settings_type)
 
 
 def serve(conf, indexes, stop_event=None):

@@ -74,7 +74,7 @@ class RemoteFleet:
     def train(self, dispatches):
         """{cid: Dispatch} -> [Upload] of the clients that answered in time."""
         results = self.request(TRAIN, dispatches)
-        round_index = int(next(iter(dispatches.values())).meta["round"])
+        round_index = next(iter(dispatches.values())).settings.round
         self.trained.update({cid: round_index + 1 for cid in results})
         return [results[cid] for cid in dispatches if cid in results]
 
@@ -114,7 +114,7 @@ class RemoteFleet:
         unknown = [cid for cid in dispatches if cid not in self.endpoints]
         if unknown:
             raise RemoteError(f"no client service hosts {', '.join(unknown)}")
-        round_index = int(next(iter(dispatches.values())).meta["round"])
+        round_index = next(iter(dispatches.values())).settings.round
         expectations = {cid: self.policy.expect(kind, cid, dispatch, splits or ())
                         for cid, dispatch in dispatches.items()}
         waiter = self.router.expect((self.tickets.run_id, round_index, kind), expectations)
@@ -156,7 +156,7 @@ class RemoteFleet:
                 snapshot = None if initial is None else self.trained.get(cid, 0)
             ticket = self.tickets.issue(round_index, kind, cid)
             keep_from = self.checkpointed_rounds.get(cid, 0)
-            payload = wrap(dispatch, ticket, splits, initial, keep_from, snapshot).to_bytes()
+            payload = wrap(dispatch, ticket, splits, initial, keep_from, snapshot)
             request = client_pb.OperateRequest(
                 type=client_pb.OP_TYPE_TRAIN if kind == TRAIN else client_pb.OP_TYPE_TEST, model=payload,
                 data_index=endpoint.index, config=self.operate_config(dispatch, round_index))
@@ -178,7 +178,7 @@ class RemoteFleet:
         conf = self.conf
         opt = conf.client.optimizer
         return client_pb.OperateConfig(
-            batch_size=int(conf.client.batch_size), local_epoch=int(dispatch.meta.get("local_epoch", 0)),
+            batch_size=int(conf.client.batch_size), local_epoch=dispatch.settings.local_epoch,
             seed=int(conf.seed), optimizer=client_pb.Optimizer(type=str(opt.type), lr=float(opt.lr),
                                                                momentum=float(opt.momentum)),
             local_test=False, task_id=str(self.tickets.run_id), round_id=int(round_index), track=False,

@@ -14,13 +14,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fedcmd_plugin.aggregate import row_matrix_shape
 from fedcmd_plugin.errors import PluginError
 from fedcmd_plugin.fedcmd.selection import DISTANCES
 from fedcmd_plugin.federation import codec
 from fedcmd_plugin.remote.wire import TRAIN
 
-SIGNATURE_KINDS = ("update", "value")  # dispatch.meta["signature"]: the client reports extra["signature"]
 PERCENT_METRICS = ("mAP", "rank1", "rank5", "rank10")
 UNIT_METRICS = ("nmi", "pairwise_f")
 
@@ -63,21 +61,10 @@ class Policy:
         common = {"kind": kind, "cid": cid, "task": self.task, "blocks": self.blocks, "max_abs": self.max_abs}
         if kind != TRAIN:
             return Expectation(**common, splits={split: sizes[split] for split in splits})
-        meta = dispatch.meta
-        personal = set(meta.get("personal_keys", []))
-        extra = {}
-        if meta.get("signature") in SIGNATURE_KINDS and meta.get("signature_keys"):
-            shapes = [self.layout[key][1] for key in meta["signature_keys"]
-                      if self.layout[key][0].startswith(("float", "bfloat"))]
-            extra["signature"] = ("float32", row_matrix_shape(shapes))
-        if meta.get("fomo_peers"):  # FedFomo: one weight per model the client was sent
-            extra["fomo_weights"] = ("float32", (len(meta["fomo_peers"]),))
-        minimum = {}
-        for layer in meta.get("bn_statistics", ()):  # FedAP: per-channel statistics of the BatchNorm layers asked for
-            shape = self.layout[f"{layer}.running_mean"][1]
-            extra[f"mean/{layer}"] = extra[f"var/{layer}"] = ("float32", shape)
-            minimum[f"var/{layer}"] = 0.0
-        candidates = tuple(meta.get("candidates", ())) if meta.get("score") else None
+        personal = set(dispatch.settings.personal_keys)
+        asked = dispatch.algorithm  # the algorithm's Settings say what the answer carries beside the state
+        extra, minimum = asked.expected_extras(self.layout) if asked else ({}, {})
+        candidates = asked.vote_candidates() if asked else None
         return Expectation(**common, state={k: v for k, v in self.layout.items() if k not in personal},
                            extra=extra, minimum=minimum, samples=sizes["train"], candidates=candidates)
 

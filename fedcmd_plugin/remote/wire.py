@@ -13,13 +13,13 @@ import grpc
 
 from fedcmd_plugin.errors import ConfigError, PluginError
 from fedcmd_plugin.federation import codec
-from fedcmd_plugin.federation.messages import Dispatch
+from fedcmd_plugin.federation.messages import Dispatch, pack, unpack
 
 # The server's run status (JSON in, JSON out) next to EasyFL's ServerService on the same port.
 STATUS_SERVICE = "fedcmd_plugin.remote.RunStatus"
 STATUS_METHOD = f"/{STATUS_SERVICE}/Get"
 
-ENVELOPE_KEY = "_remote"  # Dispatch.meta entry the remote layer adds (and removes again on the client)
+ENVELOPE_KEY = "_remote"  # the dispatch header entry the remote layer adds (and removes again on the client)
 INITIAL_PREFIX = "_remote.initial/"  # Dispatch.extra entries carrying the run's initial state
 TRAIN, TEST = "train", "test"
 
@@ -117,11 +117,10 @@ def from_json_object(payload, what):
 
 # ----- the envelope around a Dispatch ----------------------------------------------------------------------------
 def wrap(dispatch, ticket, splits=None, initial_state=None, keep_from=0, snapshot=None):
-    """The Dispatch a client service receives: the algorithm's Dispatch plus, in a reserved meta entry, the
-    client's upload ticket, the evaluation splits, its oldest snapshot a resume from the server's checkpoint needs
-    (`keep_from`) and,
-    on first contact, the run's initial state (in reserved extra entries) and the round after which the client's
-    state is the one the server counts (`snapshot`; 0: it has not trained yet)."""
+    """The bytes a client service receives for `dispatch`: its tensors and typed header plus, in a reserved header
+    entry, the client's upload ticket, the evaluation splits, its oldest snapshot a resume from the server's
+    checkpoint needs (`keep_from`) and, on first contact, the run's initial state (in reserved extra entries) and
+    the round after which the client's state is the one the server counts (`snapshot`; 0: it has not trained)."""
     envelope = {"ticket": ticket, "keep_from": int(keep_from)}
     if snapshot is not None:
         envelope["snapshot"] = int(snapshot)
@@ -131,15 +130,14 @@ def wrap(dispatch, ticket, splits=None, initial_state=None, keep_from=0, snapsho
     if initial_state is not None:
         envelope["initial"] = True
         extra.update({INITIAL_PREFIX + key: value for key, value in initial_state.items()})
-    meta = dict(dispatch.meta)
-    meta[ENVELOPE_KEY] = envelope
-    return Dispatch(dispatch.state, meta, extra)
+    return pack({"state": dispatch.state, "extra": extra}, {**dispatch.header(), ENVELOPE_KEY: envelope})
 
 
-def unwrap(dispatch):
-    """(the algorithm's Dispatch, envelope dict, initial state or None): `wrap` undone."""
-    meta = dict(dispatch.meta)
-    envelope = meta.pop(ENVELOPE_KEY, {})
+def unwrap(payload, settings_type=None):
+    """(the algorithm's Dispatch, envelope dict, initial state or None) from `wrap`'s bytes; `settings_type`: the
+    Settings class of the algorithm's part (its client's `settings_type`). RemoteError or CodecError otherwise."""
+    groups, header = unpack(payload)
+    envelope = header.pop(ENVELOPE_KEY, None) if isinstance(header, dict) else None
     ticket = envelope.get("ticket") if isinstance(envelope, dict) else None
     if not isinstance(ticket, str) or len(ticket) != 64 or set(ticket) - set(string.hexdigits):
         raise RemoteError("dispatch envelope is malformed or carries no upload ticket")
@@ -148,9 +146,10 @@ def unwrap(dispatch):
         if type(value) is not int or value < 0:
             raise RemoteError(f"dispatch envelope entry {key!r} must be a round count (an integer >= 0)")
     extra, initial = {}, {}
-    for key, value in dispatch.extra.items():
+    for key, value in groups["extra"].items():
         if key.startswith(INITIAL_PREFIX):
             initial[key[len(INITIAL_PREFIX):]] = value
         else:
             extra[key] = value
-    return Dispatch(dispatch.state, meta, extra), envelope, (initial if envelope.get("initial") else None)
+    dispatch = Dispatch.from_parts({**groups, "extra": extra}, header, settings_type)
+    return dispatch, envelope, (initial if envelope.get("initial") else None)
