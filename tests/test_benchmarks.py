@@ -18,6 +18,7 @@ BENCHMARKS = {
     "fedcmd_sweep.py": ["--work", "{tmp}/work"],
     "fedcmd_selection.py": ["--work", "{tmp}/work"],
     "scale.py": [],
+    "throughput.py": [],
 }
 
 
