@@ -257,6 +257,7 @@ def flower_train(msg, context):
     import torch.nn.functional as F
     from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
+    from fedcmd_plugin.federation.messages import RoundSettings
     from fedcmd_plugin.federation.seeding import client_generator
 
     state = _actor_state()
@@ -267,7 +268,8 @@ def flower_train(msg, context):
     model.train()
     opt = conf.client.optimizer
     optimizer = torch.optim.SGD(model.parameters(), lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
-    generator = client_generator({"seed": conf.seed, "round": round_index}, cid, "train")
+    settings = RoundSettings(round_index, int(conf.seed), int(conf.client.local_epoch))
+    generator = client_generator(settings, cid, "train")
     seen, started, cpu = 0, time.perf_counter(), time.thread_time()
     for _ in range(conf.client.local_epoch):
         for x, y in data.batches(cid, conf.client.batch_size, generator):
