@@ -50,6 +50,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6"],
+        "bench": ["flwr[simulation]>=1.20"],  # benchmarks/throughput.py's Flower configuration
     },
     entry_points={
         "console_scripts": ["fedcmd-plugin=fedcmd_plugin.cli:main"],

@@ -19,6 +19,7 @@ BENCHMARKS = {
     "fedcmd_selection.py": ["--work", "{tmp}/work"],
     "scale.py": [],
     "partitions.py": [],
+    "throughput.py": [],
 }
 
 
