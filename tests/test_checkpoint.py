@@ -400,7 +400,7 @@ def test_cli_run_killed_and_resumed_matches_the_uninterrupted_run(case, tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["fedcmd"])
+@pytest.mark.parametrize("case", ["fedavg", "fedcmd", "fedureid"])
 def test_distributed_run_killed_and_resumed_matches_the_uninterrupted_run(case, tmp_path):
     """--nproc 2: every rank restores every client from the checkpoint rank 0 wrote."""
     target = random.Random(f"{KILL_SEED}/{case}/distributed").randint(1, CASES[case][2] - 3)
