@@ -8,6 +8,36 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Workload W1 (FedCMD's Table VI protocol without BatchNorm): FedAvg, Fashion-MNIST, LeNet-5, 100 clients
+# Dirichlet(0.1), 10 per round, 5 local epochs, batch 32, plain SGD 0.01, no evaluation, no outputs but metrics.
+W1 = {
+    "algorithm": "fedavg",
+    "data.dataset": "fmnist",
+    "data.num_of_clients": 100,
+    "data.split_type": "dir",
+    "data.alpha": 0.1,
+    "data.train_test_split": 0.5,
+    "model": "lenet5",
+    "server.clients_per_round": 10,
+    "server.join_ratio": None,
+    "client.local_epoch": 5,
+    "client.batch_size": 32,
+    "client.optimizer.type": "SGD",
+    "client.optimizer.lr": 0.01,
+    "client.optimizer.momentum": 0.0,
+    "client.optimizer.weight_decay": 0.0,
+    "client.straggler_ratio": 0.0,
+    "client.finetune_epoch": 0,
+    "evaluation.eval_test": False,
+    "evaluation.eval_train": False,
+    "server.test_every": 1000,
+    "output.tensorboard": False,
+    "output.save_fig": False,
+    "output.save_model": False,
+    "output.progress": False,
+    "seed": 0,
+}
+
 
 def run_config(config, overrides):
     """Run `config` with `overrides`; returns (summary, metric rows, median training seconds per round, wall s)."""
@@ -55,3 +85,16 @@ def write_json(path, document):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def finish(path, document, runs, name):
+    """Write `document` to `path`, report the runs that failed (`name(run)` says which) and return the exit status:
+    1 when any run failed, so a benchmark with a broken configuration never passes for a measured one."""
+    import sys
+
+    write_json(path, document)
+    print(f"\nwritten: {path} ({document['benchmark_seconds']:.0f} s)")
+    for run in runs:
+        if "error" in run:
+            print(f"\n{name(run)} failed:\n{run['error']}", file=sys.stderr)
+    return 1 if any("error" in run for run in runs) else 0

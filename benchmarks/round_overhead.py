@@ -36,7 +36,7 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from common import machine  # noqa: E402
+from common import W1, machine  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "round_overhead.json"
@@ -45,31 +45,7 @@ STARTUP_TARGET = 3.0
 
 SETTING = {
     "parallel.workers": 1,  # the framework's overhead per process against one bare loop: one process each
-    "algorithm": "fedavg",
-    "data.dataset": "fmnist",
-    "data.num_of_clients": 100,
-    "data.split_type": "dir",
-    "data.alpha": 0.1,
-    "data.train_test_split": 0.5,
-    "model": "lenet5",
-    "server.clients_per_round": 10,
-    "server.join_ratio": None,
-    "client.local_epoch": 5,
-    "client.batch_size": 32,
-    "client.optimizer.type": "SGD",
-    "client.optimizer.lr": 0.01,
-    "client.optimizer.momentum": 0.0,
-    "client.optimizer.weight_decay": 0.0,
-    "client.straggler_ratio": 0.0,
-    "client.finetune_epoch": 0,
-    "evaluation.eval_test": False,
-    "evaluation.eval_train": False,
-    "server.test_every": 1000,
-    "output.tensorboard": False,
-    "output.save_fig": False,
-    "output.save_model": False,
-    "output.progress": False,
-    "seed": 0,
+    **W1,
 }
 
 

@@ -35,7 +35,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import ROOT, machine, write_json
+from common import ROOT, finish, machine
 
 RESULTS = ROOT / "benchmarks" / "results" / "scale.json"
 METHODS = ("fedavg", "fedcmd", "fedper")
@@ -277,12 +277,7 @@ def main(argv=None):
                 "targets": TARGETS, "table": table, "runs": runs, "machine": info,
                 "command": " ".join(["python", "benchmarks/scale.py", *(argv if argv is not None else sys.argv[1:])]),
                 "benchmark_seconds": time.time() - started}
-    write_json(args.output, document)
-    print(f"\nwritten: {args.output} ({document['benchmark_seconds']:.0f} s)")
-    for run in runs:
-        if "error" in run:
-            print(f"\n{run['data']} {run['clients']} {run['method']} failed:\n{run['error']}", file=sys.stderr)
-    return 1 if any("error" in run for run in runs) else 0
+    return finish(args.output, document, runs, lambda run: f"{run['data']} {run['clients']} {run['method']}")
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, machine, write_json
+from common import ROOT, W1, finish, machine
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "throughput.json"
@@ -70,30 +70,7 @@ TARGETS = {"default_vs_limit": 0.9, "default_vs_flower": 1.8}
 PIP_FLOWER = 'pip install "flwr[simulation]"  (or: pip install -e ".[bench]")'
 OVERRIDES_ENV = "THROUGHPUT_OVERRIDES"  # the Flower child hands its config overrides to its Ray actors
 
-SETTING = {
-    "algorithm": "fedavg",
-    "model": "lenet5",
-    "data.num_of_clients": 100,
-    "data.split_type": "dir",
-    "data.alpha": 0.1,
-    "server.clients_per_round": 10,
-    "server.join_ratio": None,
-    "client.local_epoch": 5,
-    "client.batch_size": 32,
-    "client.optimizer.type": "SGD",
-    "client.optimizer.lr": 0.01,
-    "client.optimizer.momentum": 0.0,
-    "client.optimizer.weight_decay": 0.0,
-    "client.straggler_ratio": 0.0,
-    "client.finetune_epoch": 0,
-    "evaluation.eval_test": False,
-    "evaluation.eval_train": False,
-    "output.tensorboard": False,
-    "output.save_fig": False,
-    "output.save_model": False,
-    "output.progress": False,
-    "seed": 0,
-}
+SETTING = dict(W1)
 
 
 def overrides(args, data_root):
@@ -522,12 +499,7 @@ def main(argv=None):
         "command": " ".join(["python", "benchmarks/throughput.py", *(argv if argv is not None else sys.argv[1:])]),
         "benchmark_seconds": time.time() - started,
     }
-    write_json(args.output, document)
-    print(f"\nwritten: {args.output} ({document['benchmark_seconds']:.0f} s)")
-    for run in runs:
-        if "error" in run:
-            print(f"\n{run['config']} (repeat {run['repeat'] + 1}) failed:\n{run['error']}", file=sys.stderr)
-    return 1 if any("error" in run for run in runs) else 0
+    return finish(args.output, document, runs, lambda run: f"{run['config']} (repeat {run['repeat'] + 1})")
 
 
 if __name__ == "__main__":
