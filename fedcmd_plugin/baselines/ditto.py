@@ -7,12 +7,7 @@ local epochs (fewer for stragglers).
 """
 from dataclasses import dataclass
 
-from fedcmd_plugin.baselines.common import (
-    RegularisedClient,
-    as_kept,
-    parameters_of,
-    personal_model,
-)
+from fedcmd_plugin.baselines.common import RegularisedClient, as_kept, parameters_of, personal_model
 from fedcmd_plugin.federation.messages import Settings
 from fedcmd_plugin.federation.server import FederatedServer
 from fedcmd_plugin.models import classification_model

@@ -2,11 +2,12 @@
 
 It holds what a run needs to continue as if it had never stopped: the rounds done, the global model, every
 client's own state where the server sees it (`Fleet.kept`; remote client services keep their own, and the
-checkpoint names the run and its clients instead: `Fleet.checkpointed`), the server's state (`FederatedServer.algorithm_state`: per-client aggregates,
-similarity memories, FedCMD's tally and decision, FedUReID's edge models), the last evaluation, the recorder's
-metrics, and the positions of the process's global random generators. Every draw the plugin makes is seeded by
-(seed, round, client, purpose) (`seeding`), so those positions matter only to code that draws from the global
-generators between rounds; they are saved so that such code resumes exactly too.
+checkpoint names the run and its clients instead: `Fleet.checkpointed`), the server's state
+(`FederatedServer.algorithm_state`: per-client aggregates, similarity memories, FedCMD's tally and decision, and
+FedUReID's edge models), the last evaluation, the recorder's metrics, and the positions of the process's global
+random generators. Every draw the plugin makes is seeded by (seed, round, client, purpose) (`seeding`), so those
+positions matter only to code that draws from the global generators between rounds; they are saved so that such
+code resumes exactly too.
 
 The file is written with `torch.save` and read with `weights_only=True`: tensors, containers and plain values,
 nothing else is unpickled. It names its format, the plugin's version and the config it belongs to; a resume with

@@ -5,6 +5,7 @@ The same two messages are passed as Python objects in standalone mode, gathered 
 mode and sent over gRPC in remote mode; `to_bytes`/`from_bytes` use the safe tensor codec, never pickle.
 """
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -86,18 +87,26 @@ class Settings:
         where = where or cls.__name__
         if not isinstance(obj, dict):
             raise codec.CodecError(f"{where} must be an object")
-        hints = typing.get_type_hints(cls)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(obj) - names)
+        fields = field_types(cls)
+        unknown = sorted(set(obj) - set(fields))
         if unknown:
             raise codec.CodecError(f"{where} has unknown fields {unknown}")
         values = {}
-        for f in dataclasses.fields(cls):
-            if f.name in obj:
-                values[f.name] = typed(hints[f.name], obj[f.name], f"{where}.{f.name}")
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise codec.CodecError(f"{where} lacks field {f.name!r}")
+        for name, (kind, required) in fields.items():
+            if name in obj:
+                values[name] = typed(kind, obj[name], f"{where}.{name}")
+            elif required:
+                raise codec.CodecError(f"{where} lacks field {name!r}")
         return cls(**values)
+
+
+@functools.cache
+def field_types(cls):
+    """{field name: (annotated type, whether it has no default)} of a Settings dataclass, worked out once per
+    class (every dispatch a client decodes asks)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: (hints[f.name], f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+            for f in dataclasses.fields(cls)}
 
 
 @dataclass(frozen=True)

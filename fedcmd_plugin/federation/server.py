@@ -1,16 +1,16 @@
 """The server every algorithm builds on: EasyFL's BaseServer with a mode-independent round.
 
-One round: seeded selection -> this rank's share of the clients -> `dispatches(cids)` and `training_dispatch` ->
-client round ->
-uploads gathered from all ranks -> `aggregate(uploads)`. Every `test_every` rounds each client's personalised
-model (test_mode=test_in_client) or the global model (test_in_server) is evaluated on each client's test split.
+One round: seeded selection -> this rank's share of the clients -> `dispatches(cids)`, `training_dispatch` ->
+client round -> uploads gathered from all ranks -> `aggregate(uploads)`. Every `test_every` rounds each client's
+personalised model (test_mode=test_in_client) or the global model (test_in_server) is evaluated on each client's
+test split.
 Every `server.checkpoint_every` rounds, and when the run is stopped (SIGTERM, SIGINT, the remote Stop), the run
 folder gets the checkpoint that `resume` continues from (`federation.checkpoint`).
 Algorithms override `personal_keys`, `shared_state` / `own_state` (what a client loads: the state every client
 shares, and what the server holds for one client alone), `training_dispatch` (what only training needs on top),
-`aggregate`, `algorithm_settings` (the algorithm's typed part of each Dispatch), `client_own_state` (when a client's own model is not its kept model keys over
-`own_state`) and, for what their server keeps between rounds, `algorithm_state` / `load_algorithm_state`; the
-maths they call lives in `fedcmd_plugin.aggregate`.
+`aggregate`, `algorithm_settings` (the algorithm's typed part of each Dispatch), `client_own_state` (when a
+client's own model is not its kept model keys over `own_state`) and, for what their server keeps between rounds,
+`algorithm_state` / `load_algorithm_state`; the maths they call lives in `fedcmd_plugin.aggregate`.
 """
 import time
 from dataclasses import asdict, replace
@@ -23,26 +23,15 @@ from fedcmd_plugin import aggregate as agg
 from fedcmd_plugin.errors import ConfigError, PluginError
 from fedcmd_plugin.federation import checkpoint, distributed, progress
 from fedcmd_plugin.federation.client import model_entries
-from fedcmd_plugin.federation.evaluation import (
-    measure,
-    sampled_accuracy_interval,
-    summarise_classification,
-)
+from fedcmd_plugin.federation.evaluation import measure, sampled_accuracy_interval, summarise_classification
 from fedcmd_plugin.federation.fleet import LocalFleet
 from fedcmd_plugin.federation.messages import Dispatch, RoundSettings
 from fedcmd_plugin.federation.seeding import derived_seed
-from fedcmd_plugin.federation.stopping import (
-    STOP_SIGNALS,
-    RunInterrupted,
-    stop_on_signals,
-)
-from fedcmd_plugin.federation.workers import (
-    ProcessFleet,
-    threads_per_worker,
-    worker_count,
-)
+from fedcmd_plugin.federation.stopping import STOP_SIGNALS, RunInterrupted, stop_on_signals
+from fedcmd_plugin.federation.workers import ProcessFleet, threads_per_worker, worker_count
 from fedcmd_plugin.session import logger, prepared_config
 from fedcmd_plugin.tracking import Recorder
+
 
 EVALUATION_CHUNK = 256  # clients whose dispatches exist at once while evaluating
 SIGNAL_NAMES = {number.name for number in STOP_SIGNALS}

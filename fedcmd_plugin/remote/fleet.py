@@ -8,11 +8,10 @@ Clients that refuse, cannot be reached, report an error, send an answer that fai
 are left out of the round (a warning names each one; `missing_clients` / `missing_eval_clients` and
 `rejected_uploads` / `rejected_eval_uploads` go into the round's metrics); the round goes on with the others.
 A round without any answer is an error.
-Every request tells the client which of its snapshots the server's checkpoint goes with (older ones can go),
-and every first contact (a new
-run, a resumed one, a client back after missing a round) which of its snapshots the server's state goes with:
-the one after the last round the server counted its training, so that the client takes up exactly that state
-(`kept_store`).
+Every request tells the client which of its snapshots the server's checkpoint goes with (older ones can go), and
+every first contact (a new run, a resumed one, a client back after missing a round) which one the server's state
+goes with: the one after the last round whose training of it the server counted, so that the client takes up
+exactly that state (`kept_store`).
 """
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -95,7 +94,7 @@ class RemoteFleet:
         their next request and drop the snapshots a resume can no longer need."""
         self.checkpointed_rounds = dict(self.trained)
         return {"mode": "remote", "run_id": self.tickets.run_id, "clients": self.client_ids(),
-                "trained": dict(self.trained)}
+                "trained": self.checkpointed_rounds}
 
     def resume(self, rounds_done, saved):
         """The run continues after `rounds_done` rounds: each client's first request names the snapshot it takes up."""

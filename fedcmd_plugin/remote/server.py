@@ -90,10 +90,10 @@ class ServerService(server_grpc.ServerServiceServicer):
             self.log.error(f"run request refused: {one_line(exc)}")
             return server_pb.RunResponse(status=pb_status(common_pb.SC_INVALID_REQUEST, one_line(exc)))
 
-    def resume(self, folder):
-        """`remote server --resume RUN_FOLDER`: the stopped or killed run of that folder goes on at once, under its
-        own run id and with its own clients, whose services take up their state after the checkpoint's round."""
-        saved = checkpoint.read(folder, self.conf, mmap=True)
+    def resume(self, folder, saved):
+        """`remote server --resume RUN_FOLDER`: the stopped or killed run of that folder (`saved`: its checkpoint)
+        goes on at once, under its own run id and with its own clients, whose services take up their state after
+        the checkpoint's round."""
         clients = [server_pb.Client(client_id=cid) for cid in saved["fleet"]["clients"]]
         answer = self.launch(self.resolve_clients(clients), saved["fleet"]["run_id"])
         if answer.status.code != common_pb.SC_OK:
@@ -323,12 +323,11 @@ def serve(conf, stop_event=None):
     conf = init_role(conf, conf.remote.server_port)
     data = load_federated(conf)
     transport = transport_for(conf, "server", state_bytes(ConfiguredModel().state_dict()))
-    if conf.resume:
-        checkpoint.read(conf.resume, conf, mmap=True)  # refused before the port opens
+    saved = checkpoint.read(conf.resume, conf, mmap=True) if conf.resume else None  # refused before the port opens
     service, grpc_srv = start(conf, data, transport, operator_token, server_token)
     logger().info(f"fedcmd-plugin server ({conf.algorithm}, {conf.data.dataset}, {len(service.users)} clients in "
                   f"the partition) listening on {conf.remote.bind}:{conf.remote.server_port}")
-    if conf.resume:
-        service.resume(conf.resume)
+    if saved is not None:
+        service.resume(conf.resume, saved)
     serve_until_stopped(grpc_srv, stop_event, on_stop=service.shutdown)
     return 0

@@ -86,7 +86,8 @@ class Transport:
         """A channel to `address` that tries to reconnect at least every RECONNECT_MS while its peer is gone (gRPC's
         default backoff grows to 2 minutes, so a restarted server or client service would stay unreachable)."""
         options = [*self.options, ("grpc.initial_reconnect_backoff_ms", RECONNECT_MS // 2),
-                   ("grpc.min_reconnect_backoff_ms", RECONNECT_MS // 2), ("grpc.max_reconnect_backoff_ms", RECONNECT_MS)]
+                   ("grpc.min_reconnect_backoff_ms", RECONNECT_MS // 2),
+                   ("grpc.max_reconnect_backoff_ms", RECONNECT_MS)]
         if self.tls is None:
             return grpc.insecure_channel(address, options=options)
         tls = self.tls
