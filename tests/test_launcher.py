@@ -62,7 +62,7 @@ def alive(script):
     return found
 
 
-@pytest.mark.parametrize("other", ["sleep", "stubborn"])
+@pytest.mark.parametrize("other", ["sleep", pytest.param("stubborn", marks=pytest.mark.slow)])
 def test_the_first_failing_rank_ends_the_run(ranks, other):
     started = time.monotonic()
     with pytest.raises(launcher.RankFailed) as caught:

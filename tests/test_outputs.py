@@ -55,7 +55,7 @@ def test_train_loss_is_the_mean_loss_per_training_sample(small_digits_config):
 
 
 @pytest.mark.parametrize("algorithm,clients_keep_layers", [
-    ("fedavg", False), ("fedper", True),
+    pytest.param("fedavg", False, marks=pytest.mark.slow), ("fedper", True),
     pytest.param("fedcmd", True, marks=pytest.mark.slow)])  # reference mix: clients that met no one share one
 def test_load_run_gives_the_models_the_run_evaluated(small_digits_config, algorithm, clients_keep_layers):
     """Accuracy of load_run's models on each client's test split = clients.csv's last evaluation."""

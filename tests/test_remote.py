@@ -319,6 +319,7 @@ def test_a_round_goes_on_without_a_client_that_vanished_mid_round():
     assert 1 <= waited < 30  # the round's deadline, not forever
 
 
+@pytest.mark.slow
 def test_a_client_whose_server_vanished_gives_up_its_upload_and_serves_on(monkeypatch, tmp_path):
     """The server accepts the connection and never answers: the upload ends at its deadline, and the next
     request is worked off as usual."""
