@@ -86,7 +86,7 @@ def plugin_block(conf_overrides, selections):
     from easyfl.coordinator import _global_coord
 
     import fedcmd_plugin
-    from fedcmd_plugin.tracking import last_run
+    from fedcmd_plugin.experiment import last_run
 
     fedcmd_plugin.register("fedavg")
     conf = fedcmd_plugin.load_config(None, conf_overrides)

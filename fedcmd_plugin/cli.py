@@ -33,13 +33,13 @@ def run_experiment(conf):
     """Register the config's algorithm and run it the EasyFL way; returns the run's summary."""
     import easyfl
 
+    from fedcmd_plugin.experiment import current
     from fedcmd_plugin.registry import register
-    from fedcmd_plugin.tracking import last_run
 
     register(conf.algorithm)
     easyfl.init(conf)
     easyfl.run()
-    return last_run()
+    return dict(current().outcome)
 
 
 def command_run(args):

@@ -89,41 +89,18 @@ def get_algorithm(name):
     return known[name]
 
 
-class ConfiguredModel:
-    """Registered with EasyFL as a model class: instantiating it builds the configured algorithm's model."""
-
-    def __new__(cls):
-        from fedcmd_plugin.data import load_federated
-        from fedcmd_plugin.models.checkpoint import load_initial_params
-        from fedcmd_plugin.session import prepared_config
-
-        from fedcmd_plugin.models import has_batch_norm
-
-        conf = prepared_config()
-        model = get_algorithm(conf.algorithm).model(conf, load_federated(conf).info)
-        if conf.client.batch_size < 2 and has_batch_norm(model):
-            raise ConfigError(f"config key 'client.batch_size' must be at least 2 for model {conf.model!r}: its "
-                              "BatchNorm layers need two samples per batch")
-        return load_initial_params(model, conf.model_init.params_file)
-
-
 def register(name):
-    """Register algorithm `name` with EasyFL: its server, client, model and the configured federated data.
+    """Register algorithm `name` with EasyFL: each later `easyfl.init(config)` starts an Experiment of it (its
+    server, client, model and the configured federated data; see `fedcmd_plugin.experiment`).
 
     Afterwards `easyfl.init(config); easyfl.run()` runs it.
     """
-    import easyfl
+    import easyfl.coordinator
 
-    from fedcmd_plugin.data.federated import ConfiguredData
-    from fedcmd_plugin.federation.distributed import route_easyfl_init
-    from fedcmd_plugin.session import note_registered, route_easyfl_logging
+    from fedcmd_plugin.experiment import ExperimentCoordinator
+    from fedcmd_plugin.session import route_easyfl_logging
 
     algorithm = get_algorithm(name)
     route_easyfl_logging()
-    route_easyfl_init()
-    easyfl.register_server(algorithm.server)
-    easyfl.register_client(algorithm.client)
-    easyfl.register_model(ConfiguredModel)
-    easyfl.register_dataset(ConfiguredData("train"), ConfiguredData("test"))
-    note_registered(name)
+    easyfl.coordinator._global_coord = ExperimentCoordinator(algorithm)
     return algorithm

@@ -1,47 +1,13 @@
-"""The running experiment's config, completed and resolved for this process (device, ranks, backend).
-
-EasyFL builds models, data, server and clients from the config given to `easyfl.init`; everything the plugin
-builds asks `prepared_config()` so that it sees the same, fully checked config.
+"""This process's runtime: ranks and device from the environment and config, threads per process, and where the
+plugin's and EasyFL's log lines go. (A run's own state lives in its `fedcmd_plugin.experiment.Experiment`.)
 """
 import logging
 import os
 import sys
 
-from fedcmd_plugin.config import active_config, complete
 from fedcmd_plugin.errors import ConfigError
 
 LOGGER_NAME = "fedcmd_plugin"
-_prepared_id = None
-_registered_algorithm = None
-_easyfl_handler = None
-
-
-def note_registered(name):
-    global _registered_algorithm
-    _registered_algorithm = name
-
-
-def prepared_config():
-    """EasyFL's active config, completed with the plugin's keys and resolved for this process (once per config)."""
-    global _prepared_id
-    conf = active_config()
-    if _prepared_id != id(conf):
-        prepare(conf)
-        _prepared_id = id(conf)
-    return conf
-
-
-def prepare(conf):
-    if _registered_algorithm is not None:
-        if "algorithm" not in conf:
-            conf.algorithm = _registered_algorithm
-        elif conf.algorithm != _registered_algorithm:
-            raise ConfigError(f"config key 'algorithm' is {conf.algorithm!r} but fedcmd_plugin.register"
-                              f"({_registered_algorithm!r}) was called: register the algorithm the config names")
-    complete(conf)
-    resolve_runtime(conf)
-    setup_logging()
-    return conf
 
 
 def env_int(name, default):
@@ -112,12 +78,16 @@ def route_easyfl_logging():
     easyfl.coordinator.init_logger = init_easyfl_logger
 
 
+class EasyFLHandler(logging.StreamHandler):
+    """The one root-logger handler the plugin keeps for EasyFL's log lines (recognised by its class)."""
+
+
 def init_easyfl_logger(log_level):
     """EasyFL's log (tracking.log_level) on the current stdout, one handler however often EasyFL is initialised."""
-    global _easyfl_handler
     root = logging.getLogger()
     root.setLevel(log_level or logging.INFO)
-    root.removeHandler(_easyfl_handler)
-    _easyfl_handler = logging.StreamHandler(sys.stdout)
-    _easyfl_handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s"))
-    root.addHandler(_easyfl_handler)
+    for handler in [h for h in root.handlers if isinstance(h, EasyFLHandler)]:
+        root.removeHandler(handler)
+    handler = EasyFLHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s"))
+    root.addHandler(handler)

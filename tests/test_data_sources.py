@@ -629,7 +629,7 @@ def test_two_round_fedavg_on_femnist_writers(tmp_run_dir):
     import easyfl
 
     import fedcmd_plugin
-    from fedcmd_plugin.tracking import last_run
+    from fedcmd_plugin.experiment import last_run
 
     write_leaf(tmp_run_dir.path / "leaf", {f"f{i:04d}_00": 20 + 2 * i for i in range(5)})
     fedcmd_plugin.register("fedavg")

@@ -11,6 +11,7 @@ import os
 import sys
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from processes import free_port
@@ -88,7 +89,7 @@ def test_the_process_group_gets_the_configured_deadline(small_digits_config, mon
     import easyfl.coordinator
     import torch.distributed as dist
 
-    from fedcmd_plugin.federation import distributed
+    from fedcmd_plugin.federation import distributed, workers
     from fedcmd_plugin.registry import register
 
     calls = []
@@ -104,11 +105,19 @@ def test_the_process_group_gets_the_configured_deadline(small_digits_config, mon
     distributed.init_process_group("nccl", "env://", 2, 0, 7)
     assert os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "3"
 
-    register("fedavg")  # easyfl.run() joins the group through the plugin, with the config's deadline
-    assert easyfl.coordinator.dist_init is distributed.init_configured_group
+    # easyfl.run() joins the group through the plugin, with the config's deadline, before the rounds start
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    register("fedavg")
     easyfl.init(small_digits_config(distributed__timeout_seconds=2.5), init_all=False)
-    assert distributed.init_configured_group("gloo", "env://", 2, 0, 0) == (0, 2)
-    assert calls[-1][1]["timeout"] == timedelta(seconds=2.5)
+    coordinator = easyfl.coordinator.get_coordinator()
+    joined = []
+    coordinator.server = SimpleNamespace(start=lambda model, clients: joined.append(calls[-1]))
+    coordinator.model, coordinator.clients = None, []
+    monkeypatch.setattr(workers, "local_fleet", lambda *args: SimpleNamespace())
+    easyfl.run()
+    assert joined == [(("gloo",), {"init_method": "env://", "world_size": 2, "rank": 0,
+                                   "timeout": timedelta(seconds=2.5)})]
 
 
 # ------------------------------------------------------------------------------------------ failing ranks

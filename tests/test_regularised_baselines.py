@@ -11,7 +11,7 @@ from fedcmd_plugin.cli import run_experiment
 from fedcmd_plugin.data import load_federated
 from fedcmd_plugin.federation.evaluation import measure
 from fedcmd_plugin.federation.fleet import LocalFleet
-from fedcmd_plugin.federation.server import FederatedServer
+from fedcmd_plugin.federation import workers
 from fedcmd_plugin.remote.server import ServerService
 from fedcmd_plugin.remote.validation import Policy
 from fedcmd_plugin.remote.wire import TEST, TRAIN, to_json
@@ -89,12 +89,13 @@ class ServiceLikeFleet(LocalFleet):
         return {}
 
 
-def service_like_fleet(server, clients):
-    data = load_federated(server.conf)
+def service_like_fleet(conf, clients, model, world_size, progress):
+    """Stands in for `local_fleet`: the run's local clients, reached as client services are."""
+    data = load_federated(conf)
     sizes = {c.cid: {"train": data.train.size(c.cid), "test": data.test.size(c.cid)} for c in clients}
-    policy = Policy(server.initial_state, sizes, "classification", len(server.workspace.block_names),
-                    server.conf.remote.max_abs_value)
-    return ServiceLikeFleet(clients, server.workspace, server.initial_state, policy)
+    initial_state = {key: value.detach().clone() for key, value in model.state_dict().items()}
+    policy = Policy(initial_state, sizes, "classification", len(model.block_names), conf.remote.max_abs_value)
+    return ServiceLikeFleet(clients, model, initial_state, policy)
 
 
 @pytest.mark.slow
@@ -116,7 +117,7 @@ def test_runs_complete_test_each_client_with_its_checkpoint_and_pass_the_remote_
     assert ("global_accuracy" in run.summary["final"]) == (algorithm not in PERSONAL_MODELS)
 
     # The same run with the clients reached as client services are: checked uploads, kept state out of reach.
-    monkeypatch.setattr(FederatedServer, "make_fleet", service_like_fleet)
+    monkeypatch.setattr(workers, "local_fleet", service_like_fleet)
     remote = tiny_run(tmp_run_dir, algorithm, "remote")
     assert (remote / "clients.csv").read_text() == (run.folder / "clients.csv").read_text()
     assert not (remote / "checkpoints" / "clients.pt").exists()

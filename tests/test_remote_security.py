@@ -69,7 +69,8 @@ def server_service():
                            test=SimpleNamespace(size=lambda cid: SIZES[cid]["test"]),
                            info=SimpleNamespace(task="classification"))
     transport = Transport(LIMIT)
-    service, grpc_srv = start(conf, data, transport, TOKENS["FEDCMD_OPERATOR_TOKEN"], TOKENS["FEDCMD_SERVER_TOKEN"])
+    service, grpc_srv = start(SimpleNamespace(conf=conf, data=data), transport, TOKENS["FEDCMD_OPERATOR_TOKEN"],
+                              TOKENS["FEDCMD_SERVER_TOKEN"])
     service.tickets = auth.Tickets("run1")
     chan = SENDER.channel(f"127.0.0.1:{conf.remote.server_port}")
     try:

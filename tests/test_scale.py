@@ -2,7 +2,7 @@
 import easyfl
 
 import fedcmd_plugin
-from fedcmd_plugin.tracking import last_run
+from fedcmd_plugin.experiment import last_run
 
 from conftest import CONFIGS
 

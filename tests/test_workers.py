@@ -33,7 +33,7 @@ class CountingClient:
     def __init__(self, cid):
         self.cid, self.kept, self.train_data = cid, {}, self.Data()
 
-    def attach(self, model, initial_state):
+    def attach(self, model, initial_state, progress):
         pass
 
     def run_round(self, dispatch):

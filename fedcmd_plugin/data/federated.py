@@ -286,38 +286,3 @@ def load_federated(conf):
         _LOADED.clear()  # one data set in memory at a time
         _LOADED[key] = BUILDERS[conf.data.dataset](conf)
     return _LOADED[key]
-
-
-class ConfiguredData(FederatedDataset):
-    """Registered with EasyFL before any config exists; resolves to the config's data on first use."""
-
-    def __init__(self, part):
-        super().__init__()
-        self._part = part
-        self._resolved = (None, None)  # (config, data): clients ask for their data every epoch
-
-    def resolve(self):
-        from fedcmd_plugin.session import prepared_config
-
-        conf = prepared_config()
-        if self._resolved[0] is not conf:
-            self._resolved = (conf, getattr(load_federated(conf), self._part))
-        return self._resolved[1]
-
-    def __getattr__(self, name):
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self.resolve(), name)
-
-    @property
-    def users(self):
-        return self.resolve().users
-
-    def size(self, cid=None):
-        return self.resolve().size(cid)
-
-    def total_size(self):
-        return self.resolve().total_size()
-
-    def loader(self, batch_size, client_id=None, shuffle=True, seed=0, **kwargs):
-        return self.resolve().loader(batch_size, client_id, shuffle, seed, **kwargs)

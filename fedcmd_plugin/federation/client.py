@@ -16,7 +16,7 @@ from easyfl.client import BaseClient
 
 from fedcmd_plugin.federation.evaluation import measure
 from fedcmd_plugin.federation.messages import Upload
-from fedcmd_plugin.federation.progress import epoch_bar
+from fedcmd_plugin.federation.progress import SILENT
 from fedcmd_plugin.federation.seeding import client_generator
 from fedcmd_plugin.models import has_batch_norm
 
@@ -35,12 +35,14 @@ class FederatedClient(BaseClient):
         self.initial_state = None  # the starting parameters shared by all clients of this process
         self.dispatch = None
         self.round_stats = {}
+        self.progress = SILENT
 
-    def attach(self, model, initial_state):
+    def attach(self, model, initial_state, progress=SILENT):
         """Share the process's workspace model (one per process, not one per client; whoever builds it moves it to
-        the clients' device once) and the initial state."""
+        the clients' device once), the initial state and the run's progress bars."""
         self.model = model
         self.initial_state = initial_state
+        self.progress = progress
 
     def personal_keys(self, dispatch):
         """State-dict keys this client keeps for itself; the server names them per round."""
@@ -97,7 +99,7 @@ class FederatedClient(BaseClient):
         generator = client_generator(self.dispatch.settings, self.cid, label)
         min_last = 2 if has_batch_norm(self.model) else 1
         loss_sum, seen = 0.0, 0
-        for epoch in epoch_bar(epochs, f"{self.cid} {label}"):
+        for epoch in self.progress.epochs(epochs, f"{self.cid} {label}"):
             loss_sum, seen = 0.0, 0
             for batch_index, (x, y) in enumerate(self.training_batches(generator, min_last)):
                 optimizer.zero_grad(set_to_none=True)

@@ -30,22 +30,6 @@ def init_process_group(backend, init_method, world_size, rank, timeout_seconds):
                             timeout=timedelta(seconds=timeout_seconds))
 
 
-def init_configured_group(backend, init_method, world_size, rank, local_rank):
-    """Stands in for EasyFL's `dist_init` (same arguments and result), which sets no deadline: the running
-    config's `distributed.timeout_seconds` applies."""
-    from fedcmd_plugin.session import prepared_config
-
-    init_process_group(backend, init_method, world_size, rank, prepared_config().distributed.timeout_seconds)
-    return rank, world_size
-
-
-def route_easyfl_init():
-    """`easyfl.run()` joins the process group through `init_configured_group`."""
-    import easyfl.coordinator
-
-    easyfl.coordinator.dist_init = init_configured_group
-
-
 def is_active():
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 

@@ -1,8 +1,12 @@
-"""How the server reaches its clients: any `Fleet`. `LocalFleet`: client objects in this process (standalone and
-distributed mode). Whoever starts a run elsewhere (remote mode: gRPC client services) hands its own fleet to the
-server before the run starts; the round never knows which it has. A fleet with a message size limit also has
-`check_room(state, models)`, which refuses a run whose dispatches of `models` such states it cannot carry."""
+"""How the server reaches its clients: any `Fleet`. Each mode's entry point builds one and hands it to the server
+before the run starts, and the round never knows which it has: the plugin's EasyFL coordinator (standalone and
+distributed: `LocalFleet`, client objects in this process, or `workers.ProcessFleet` over worker processes, see
+`workers.local_fleet`) and the remote server service (gRPC client services). A fleet with a message size limit
+also has `check_room(state, models)`, which refuses a run whose dispatches of `models` such states it cannot
+carry."""
 from typing import Protocol
+
+from fedcmd_plugin.federation.progress import SILENT
 
 
 class Fleet(Protocol):
@@ -29,9 +33,9 @@ class Fleet(Protocol):
 
 
 class LocalFleet:
-    def __init__(self, clients, workspace, initial_state):
+    def __init__(self, clients, workspace, initial_state, progress=SILENT):
         for client in clients:
-            client.attach(workspace, initial_state)
+            client.attach(workspace, initial_state, progress)
         self.clients = {client.cid: client for client in clients}
 
     def client_ids(self):

@@ -21,15 +21,14 @@ from easyfl.server import BaseServer
 
 from fedcmd_plugin import aggregate as agg
 from fedcmd_plugin.errors import ConfigError, PluginError
-from fedcmd_plugin.federation import checkpoint, distributed, progress
+from fedcmd_plugin.federation import checkpoint, distributed
 from fedcmd_plugin.federation.client import model_entries
 from fedcmd_plugin.federation.evaluation import measure, sampled_accuracy_interval, summarise_classification
-from fedcmd_plugin.federation.fleet import LocalFleet
 from fedcmd_plugin.federation.messages import Dispatch, RoundSettings
+from fedcmd_plugin.federation.progress import Progress
 from fedcmd_plugin.federation.seeding import derived_seed
 from fedcmd_plugin.federation.stopping import STOP_SIGNALS, RunInterrupted, stop_on_signals
-from fedcmd_plugin.federation.workers import ProcessFleet, threads_per_worker, worker_count
-from fedcmd_plugin.session import logger, prepared_config
+from fedcmd_plugin.session import logger
 from fedcmd_plugin.tracking import Recorder
 
 
@@ -40,23 +39,33 @@ SIGNAL_NAMES = {number.name for number in STOP_SIGNALS}
 class FederatedServer(BaseServer):
     has_global_model = True  # False for algorithms where every client ends with its own model only
     personal_models = False  # True where clients test a model of their own beside the global one (Ditto, APFL)
-    fleet = None  # a Fleet handed over before `start` (remote mode); None: the clients are local objects
+    fleet = None  # the Fleet the run's entry point hands over before `start` (local clients or client services)
     stop_reason = None  # why `stop` was called; the run then ends after the current round
 
     # ----- life cycle -------------------------------------------------------------------------------------
+    def __init__(self, conf, experiment=None, **kwargs):
+        """`experiment`: the run's Experiment (config, data, outcome), which the run's entry point hands over
+        (EasyFL's coordinator as the plugin sets it up, or the remote server service)."""
+        super().__init__(conf, **kwargs)
+        self.experiment = experiment
+
     def start(self, model, clients):
-        self.conf = prepared_config()
+        if self.experiment is None or self.fleet is None:
+            raise PluginError("the server needs its Experiment and its fleet before start: run it through "
+                              "fedcmd_plugin.register and easyfl.init/easyfl.run, `fedcmd-plugin run` or "
+                              "`fedcmd-plugin remote server`")
+        self.conf = self.experiment.conf
         self.rank, self.world = distributed.rank_and_size()
         self.log = logger()
-        self.recorder = Recorder(self.conf, primary=self.rank == 0)
-        progress.configure(self.conf.output.progress, primary=self.rank == 0)
+        self.recorder = Recorder(self.conf, primary=self.rank == 0, outcome=self.experiment.outcome)
         self.rounds_done = self.checkpoint_round = 0
         try:
             self.resumed = self.read_checkpoint()
             self.setup(model, clients)
             if self.resumed:
                 self.restore(model, self.resumed)
-            self.bar = progress.round_bar(self.conf.server.rounds, initial=self.rounds_done)
+            self.bar = Progress.of(self.conf.output.progress, self.rank == 0).rounds(self.conf.server.rounds,
+                                                                                    initial=self.rounds_done)
             with stop_on_signals(self.stop):
                 super().start(model, clients)
             self.bar.close()
@@ -71,17 +80,12 @@ class FederatedServer(BaseServer):
         except BaseException as exc:
             self.recorder.fail(exc)
             raise
-        finally:
-            if getattr(self, "owns_fleet", False) and hasattr(self.fleet, "close"):
-                self.fleet.close()  # worker processes; a fleet handed over is closed by whoever made it
 
     def setup(self, model, clients):
+        """Before the first round: the checks, the initial state (the fleet's clients start from it too), the
+        fleet's clients and the run folder."""
         self.check_test_mode()
-        device = self.conf.device
-        self.workspace = model.to(device)
-        self.initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        self.owns_fleet = self.fleet is None
-        self.fleet = self.make_fleet(clients)
+        self.initial_state = {k: v.detach().clone() for k, v in model.to(self.conf.device).state_dict().items()}
         self.client_order = self.fleet.client_ids()
         room = getattr(self.fleet, "check_room", None)  # fleets with a message size limit (remote mode)
         if room:
@@ -94,33 +98,15 @@ class FederatedServer(BaseServer):
             self.recorder.start(self.describe_run())
 
     def check_test_mode(self):
-        from fedcmd_plugin.data import load_federated
-
         conf = self.conf
         if conf.test_mode == "test_in_server" and not (
-                self.has_global_model and load_federated(conf).info.task == "classification"):
+                self.has_global_model and self.experiment.data.info.task == "classification"):
             raise ConfigError(f"test_mode=test_in_server tests one global classifier, which algorithm "
                               f"{conf.algorithm!r} on {conf.data.dataset!r} does not have: "
                               f"use test_mode=test_in_client")
 
-    def make_fleet(self, clients):
-        """The fleet handed over before start (e.g. gRPC client services), else the local client objects, trained
-        by worker processes when `parallel.workers` resolves to more than one."""
-        if self.fleet is not None:
-            return self.fleet
-        if self.is_remote:
-            raise PluginError("remote mode: the server needs the fleet of its client services set before start "
-                              "(`fedcmd-plugin remote server` builds it)")
-        workers = worker_count(self.conf, self.world)
-        if workers > 1:
-            return ProcessFleet(clients, self.workspace, self.initial_state, workers,
-                                threads_per_worker(self.conf, workers))
-        return LocalFleet(clients, self.workspace, self.initial_state)
-
     def describe_run(self):
-        from fedcmd_plugin.data import load_federated
-
-        data = load_federated(self.conf)
+        data = self.experiment.data
         self.log.info(data.summary)
         return {"partition": data.client_rows, "summary": data.summary, "data": asdict(data.info)}
 
@@ -395,9 +381,7 @@ class FederatedServer(BaseServer):
         """Results per client: its personalised model (test_in_client) or the global model (test_in_server)."""
         if self.conf.test_mode == "test_in_client":
             return self.fleet.evaluate(self.dispatches(cids), splits)
-        from fedcmd_plugin.data import load_federated
-
-        data = load_federated(self.conf)
+        data = self.experiment.data
         self._model.eval()
         with torch.no_grad():
             return [{"cid": cid, **measure(self._model, {"test": data.test, "train": data.train}, cid, splits,

@@ -21,6 +21,7 @@ import torch
 from fedcmd_plugin.federation import codec
 from fedcmd_plugin.federation.fleet import LocalFleet
 from fedcmd_plugin.federation.messages import Dispatch, Upload
+from fedcmd_plugin.federation.progress import SILENT
 from fedcmd_plugin.federation.stopping import STOP_SIGNALS
 from fedcmd_plugin.session import usable_cores
 
@@ -36,6 +37,17 @@ def worker_count(conf, world_size):
     if conf.server.join_ratio:
         per_round = max(1, int(round(conf.server.join_ratio * conf.data.num_of_clients)))
     return max(1, min(wanted, per_round))
+
+
+def local_fleet(conf, clients, model, world_size, progress=SILENT):
+    """The fleet of a standalone or distributed run's client objects: `model` (moved to `conf.device`) is their
+    shared workspace; worker processes train them when `parallel.workers` resolves to more than one."""
+    workspace = model.to(conf.device)
+    initial_state = {key: value.detach().clone() for key, value in workspace.state_dict().items()}
+    workers = worker_count(conf, world_size)
+    if workers > 1:
+        return ProcessFleet(clients, workspace, initial_state, workers, threads_per_worker(conf, workers), progress)
+    return LocalFleet(clients, workspace, initial_state, progress)
 
 
 def threads_per_worker(conf, workers):
@@ -97,8 +109,9 @@ def _serve(connection, fleet, threads):
 class ProcessFleet:
     """The LocalFleet interface over `workers` forked processes."""
 
-    def __init__(self, clients, workspace, initial_state, workers, threads=1):
-        self.local = LocalFleet(clients, workspace, initial_state)  # the server's copy of every client's state
+    def __init__(self, clients, workspace, initial_state, workers, threads=1, progress=SILENT):
+        # the server's copy of every client's state
+        self.local = LocalFleet(clients, workspace, initial_state, progress)
         context = multiprocessing.get_context("fork")
         self.connections, self.processes = [], []
         for index in range(workers):

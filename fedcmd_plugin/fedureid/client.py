@@ -12,7 +12,6 @@ import torch
 
 from fedcmd_plugin.federation.client import FederatedClient
 from fedcmd_plugin.federation.messages import Settings, Upload
-from fedcmd_plugin.federation.progress import epoch_bar
 from fedcmd_plugin.federation.seeding import client_generator
 from fedcmd_plugin.fedureid import buc, metrics, personalization
 from fedcmd_plugin.fedureid.memory import ClusterMemory
@@ -79,7 +78,7 @@ class FedUReIDClient(FederatedClient):
         generator = client_generator(self.dispatch.settings, self.cid, "train")
         history, epochs_run, images = [], 0, 0
         planned = self.local_epochs(self.dispatch)
-        for _ in epoch_bar(planned, f"{self.cid} train"):
+        for _ in self.progress.epochs(planned, f"{self.cid} train"):
             if s.personalized_epoch and epochs_run >= personalization.adaptive_epochs(
                     planned, len(self.images), s.reference_images or len(self.images), history,
                     patience=s.patience, threshold=s.precision_threshold, saturation=s.saturation):

@@ -40,10 +40,8 @@ class FedUReIDServer(FederatedServer):
         self.map_history = {cid: [tuple(point) for point in points] for cid, points in saved["map_history"].items()}
 
     def median_edge_size(self):
-        from fedcmd_plugin.data import load_federated
-
         try:
-            train = load_federated(self.conf).train
+            train = self.experiment.data.train
         except DataError:
             if self.is_remote:  # a remote server need not hold the edges' data; edges then use their own size
                 return None

@@ -207,27 +207,21 @@ class ClientService(client_grpc.ClientServiceServicer):
 def build(conf, indexes):
     """The prepared config and a ClientService for the clients `indexes` of the config's partition (its
     transport sized for the model, with the certificate of the first index when remote.tls names {index})."""
-    from easyfl.coordinator import get_coordinator
-
-    from fedcmd_plugin.data import load_federated
-    from fedcmd_plugin.registry import ConfiguredModel, get_algorithm
-
     indexes = sorted(set(indexes))
-    conf = init_role(conf, conf.remote.client_port, indexes[0])
-    users = load_federated(conf).train.users
+    experiment = init_role(conf, conf.remote.client_port, indexes[0])
+    conf, data = experiment.conf, experiment.data
+    users = data.train.users
     outside = [i for i in indexes if not 0 <= i < len(users)]
     if outside:
         raise ConfigError(f"client index {outside[0]} is outside the partition: data.num_of_clients gives "
                           f"{len(users)} clients (indexes 0..{len(users) - 1})")
-    coordinator = get_coordinator()
-    coordinator.init_dataset()  # the registered (configured) data sets
-    client_class = get_algorithm(conf.algorithm).client
+    client_class = experiment.algorithm.client
     seed_all(conf.seed)
-    model = ConfiguredModel().to(conf.device)
+    model = experiment.build_model().to(conf.device)
     own_initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def make_client(cid, initial_state):
-        client = client_class(cid, conf.client, coordinator.train_data, coordinator.test_data, conf.device)
+        client = client_class(cid, conf.client, data.train, data.test, conf.device)
         client.attach(model, initial_state)
         return client
 

@@ -24,11 +24,11 @@ def check_remote_config(conf):
 
 def init_role(conf, port, index=None):
     """Register the config's algorithm, hand the config to EasyFL (remote mode, no local clients) and return
-    the prepared config every part of the plugin reads."""
+    the role's Experiment (its prepared config and data)."""
     import easyfl
 
+    from fedcmd_plugin.experiment import current
     from fedcmd_plugin.registry import register
-    from fedcmd_plugin.session import prepared_config
 
     check_remote_config(conf)
     if conf.distributed.world_size > 1:
@@ -40,7 +40,7 @@ def init_role(conf, port, index=None):
     if index is not None:
         conf.index = int(index)
     easyfl.init(conf, init_all=False)
-    return prepared_config()
+    return current()
 
 
 def seed_all(seed):

@@ -36,6 +36,7 @@ from easyfl.pb import server_service_pb2 as server_pb
 from easyfl.pb import server_service_pb2_grpc as server_grpc
 
 from fedcmd_plugin.errors import ConfigError, PluginError
+from fedcmd_plugin.experiment import Experiment
 from fedcmd_plugin.federation import checkpoint, codec
 from fedcmd_plugin.federation.messages import Upload, layout
 from fedcmd_plugin.remote import validation
@@ -61,11 +62,14 @@ class Forbidden(RemoteError):
 
 
 class ServerService(server_grpc.ServerServiceServicer):
-    """conf: the prepared config; data: its FederatedData (client ids, split sizes); transport: how to reach
-    the client services; server_token: the credential their Operate asks for."""
+    """experiment: the service's Experiment (its prepared config, and its data: client ids, split sizes), from
+    which each run gets an experiment of its own; transport: how to reach the client services; server_token: the
+    credential their Operate asks for."""
 
-    def __init__(self, conf, data, transport, server_token):
-        self.conf = conf
+    def __init__(self, experiment, transport, server_token):
+        self.experiment = experiment
+        self.conf = experiment.conf
+        data = experiment.data
         self.users = list(data.train.users)
         self.sizes = {cid: {"train": data.train.size(cid), "test": data.test.size(cid)} for cid in self.users}
         self.task = data.info.task
@@ -162,16 +166,14 @@ class ServerService(server_grpc.ServerServiceServicer):
         return endpoints
 
     def build(self):
-        """A fresh model and algorithm server for one run, through EasyFL's coordinator (registered classes)."""
-        from easyfl.coordinator import get_coordinator
-
-        coordinator = get_coordinator()
-        seed_all(self.conf.seed)
-        coordinator.init_model()
-        coordinator.init_server()
-        if not getattr(coordinator.server, "is_remote", False):
-            raise RemoteError("the registered server was not created in remote mode")
-        return coordinator.server, coordinator.model
+        """A fresh model and algorithm server for one run, with an experiment of its own (the service's config and
+        data; its own outcome), so that runs of one service share nothing else."""
+        conf = self.conf
+        experiment = Experiment(conf, self.experiment.algorithm)
+        seed_all(conf.seed)
+        model = experiment.build_model()
+        return experiment.algorithm.server(conf, experiment=experiment, is_remote=True,
+                                           local_port=conf.local_port), model
 
     def apply_initial_model(self, payload, model):
         """Use `RunRequest.model` as the initial state only when it is a tensor archive matching the model."""
@@ -298,9 +300,10 @@ def status_handler(service):
     return grpc.method_handlers_generic_handler(STATUS_SERVICE, {"Get": method})
 
 
-def start(conf, data, transport, operator_token, server_token):
+def start(experiment, transport, operator_token, server_token):
     """The service and its started gRPC server (listening on remote.bind:remote.server_port)."""
-    service = ServerService(conf, data, transport, server_token)
+    conf = experiment.conf
+    service = ServerService(experiment, transport, server_token)
     guard = RequireToken(operator_token, OPERATOR_METHODS, "operator")
     grpc_srv = transport.server(str(conf.remote.bind), int(conf.remote.server_port), SERVER_WORKERS, [guard])
     server_grpc.add_ServerServiceServicer_to_server(service, grpc_srv)
@@ -311,8 +314,6 @@ def start(conf, data, transport, operator_token, server_token):
 
 def serve(conf, stop_event=None):
     """`fedcmd-plugin remote server`: serve runs until SIGTERM/SIGINT (or `stop_event` is set)."""
-    from fedcmd_plugin.data import load_federated
-    from fedcmd_plugin.registry import ConfiguredModel
     from fedcmd_plugin.remote.wire import serve_until_stopped
 
     operator_token = read_token(conf.remote.operator_token, "remote.operator_token")
@@ -320,11 +321,11 @@ def serve(conf, stop_event=None):
     if not conf.remote.client_addresses:
         raise ConfigError("config key 'remote.client_addresses' is empty: the server reaches only the client "
                           "services named there, e.g. remote.client_addresses=[host0:23000,host1:23000]")
-    conf = init_role(conf, conf.remote.server_port)
-    data = load_federated(conf)
-    transport = transport_for(conf, "server", state_bytes(ConfiguredModel().state_dict()))
+    experiment = init_role(conf, conf.remote.server_port)
+    conf = experiment.conf
+    transport = transport_for(conf, "server", state_bytes(experiment.build_model().state_dict()))
     saved = checkpoint.read(conf.resume, conf, mmap=True) if conf.resume else None  # refused before the port opens
-    service, grpc_srv = start(conf, data, transport, operator_token, server_token)
+    service, grpc_srv = start(experiment, transport, operator_token, server_token)
     logger().info(f"fedcmd-plugin server ({conf.algorithm}, {conf.data.dataset}, {len(service.users)} clients in "
                   f"the partition) listening on {conf.remote.bind}:{conf.remote.server_port}")
     if saved is not None:

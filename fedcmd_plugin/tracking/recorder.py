@@ -14,14 +14,6 @@ from fedcmd_plugin.errors import ConfigError
 from fedcmd_plugin.session import logger
 from fedcmd_plugin.tracking import files, plots
 
-_last_run = {}
-
-
-def last_run():
-    """{"folder": Path, "summary": dict} of the most recent run in this process (empty before any run)."""
-    return dict(_last_run)
-
-
 def usable_root(root):
     """`root` (output.root) as a Path, created when missing; ConfigError naming the key when no run folder can
     be made below it (not a directory, read-only, not creatable)."""
@@ -70,9 +62,10 @@ def coverage(summary):
 
 
 class Recorder:
-    def __init__(self, conf, primary=True):
+    def __init__(self, conf, primary=True, outcome=None):
         self.conf = conf
         self.primary = primary
+        self.outcome = {} if outcome is None else outcome  # the experiment's: run folder, summary, why it stopped
         self.folder = None
         self.rounds = {}  # round -> metrics of that round
         self.client_rows = []  # per evaluation and client
@@ -98,8 +91,8 @@ class Recorder:
             files.write_csv(self.folder / "partition.csv", info["partition"])
         self.open_writer()
         self.log.info(f"run folder: {self.folder}")
-        _last_run.clear()
-        _last_run["folder"] = self.folder
+        self.outcome.clear()
+        self.outcome["folder"] = self.folder
 
     def resume(self, folder, info, state, done):
         """Go on writing in `folder` after round `done` from a checkpoint's `state` (what `state()` returned): the
@@ -118,8 +111,8 @@ class Recorder:
         self.write_metrics()
         self.open_writer(purge_step=done + 1)  # TensorBoard hides the events logged after the checkpoint
         self.log.info(f"run folder: {self.folder} (resumed after round {done})")
-        _last_run.clear()
-        _last_run["folder"] = self.folder
+        self.outcome.clear()
+        self.outcome["folder"] = self.folder
 
     def state(self):
         """What a checkpoint keeps of the recorder: the metrics so far, the algorithm's notes and the seconds."""
@@ -177,11 +170,11 @@ class Recorder:
             self.writer.close()
         status = {**status, "rounds": conf.server.rounds, "finished": time.ctime()}
         files.write_json(self.folder / "status.json", status)
-        _last_run["summary"] = summary
+        self.outcome["summary"] = summary
         if status["state"] == "complete":
             ended = "done"
         else:
-            _last_run["stopped"] = status
+            self.outcome["stopped"] = status
             resumable = f"; resume continues after round {status['checkpoint_round']}" \
                 if status.get("checkpoint_round") else ""
             ended = f"stopped after {rounds_run} of {conf.server.rounds} rounds ({status['reason']}){resumable}"
