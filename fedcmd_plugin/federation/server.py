@@ -239,13 +239,14 @@ class FederatedServer(BaseServer):
 
     def aggregate(self, uploads):
         """Default: sample-weighted FedAvg of the shared state into the global model."""
-        if not uploads:
+        self.update_global(uploads)
+
+    def update_global(self, uploads, keys=None):
+        """Sample-weighted FedAvg of the uploads' `keys` (None: all they carry) into the global model."""
+        if not uploads or (keys is not None and not keys):
             return
-        weights = self.upload_weights(uploads)
-        merged = agg.weighted_average([u.state for u in uploads], weights)
-        state = self._model.state_dict()
-        state.update(merged)
-        self._model.load_state_dict(state)
+        merged = agg.weighted_average([u.state for u in uploads], self.upload_weights(uploads), keys)
+        self._model.load_state_dict({**self._model.state_dict(), **merged})
 
     def models_per_dispatch(self):
         """How many model-sized states the largest dispatch carries (a fleet with a message limit checks room)."""

@@ -73,15 +73,6 @@ class PersonalizedServer(FederatedServer):
         self.update_global(uploads, keys)
         self.record_similarity(uploads, phi)
 
-    def update_global(self, uploads, keys):
-        """Sample-weighted FedAvg of `keys` into the global model (the starting point of new clients)."""
-        if not keys or not uploads:
-            return
-        merged = agg.weighted_average([u.state for u in uploads], self.upload_weights(uploads), keys)
-        state = self._model.state_dict()
-        state.update(merged)
-        self._model.load_state_dict(state)
-
     def record_similarity(self, uploads, phi):
         self.similarity.record([u.cid for u in uploads], phi.double().cpu().tolist())
         self.recorder.image("similarity/round", phi.double().clamp(0, 1).cpu().numpy(), self._current_round)
