@@ -65,7 +65,10 @@ class ServerService(server_grpc.ServerServiceServicer):
     the client services; server_token: the credential their Operate asks for."""
 
     def __init__(self, conf, data, transport, server_token):
+        from fedcmd_plugin.registry import get_algorithm
+
         self.conf = conf
+        self.report_type = get_algorithm(conf.algorithm).client.report_type  # what training uploads report
         self.users = list(data.train.users)
         self.sizes = {cid: {"train": data.train.size(cid), "test": data.test.size(cid)} for cid in self.users}
         self.task = data.info.task
@@ -129,7 +132,8 @@ class ServerService(server_grpc.ServerServiceServicer):
                                    self.conf.remote.max_abs_value)
         return RemoteFleet(self.conf, endpoints, self.transport, self.server_token, self.router, self.tickets,
                            policy, state, note=lambda round_index, values: server.recorder.log_round(round_index,
-                                                                                                     values))
+                                                                                                     values),
+                           report_type=self.report_type)
 
     def running(self):
         return self.thread is not None and self.thread.is_alive()
@@ -269,7 +273,7 @@ class ServerService(server_grpc.ServerServiceServicer):
             self.router.deliver(key, cid, error=f"reported: {str(report.get('error', report))[:500]}")
             return common_pb.SC_OK, "error report accepted"
         try:
-            value = self.checked(expected, content.data)
+            value = self.checked(expected, content.data, self.report_type)
         except PluginError as exc:  # validation.Rejected, or content that does not decode
             reason = one_line(exc)
             self.log.warning(f"round {key[1] + 1}: rejected the {key[2]} answer of client {cid}: {reason}")
@@ -279,12 +283,13 @@ class ServerService(server_grpc.ServerServiceServicer):
         return common_pb.SC_OK, "accepted"
 
     @staticmethod
-    def checked(expected, data):
-        """The decoded answer, after its layout (from the header alone) and then its values passed the checks."""
+    def checked(expected, data, report_type=None):
+        """The decoded answer, after its layout (from the header alone) and then its values passed the checks;
+        `report_type`: the Report class of the algorithm's part of a training upload."""
         if expected.kind == TRAIN:
             groups, _ = layout(data)
             validation.check_layout(expected, groups)
-            upload = Upload.from_bytes(data)
+            upload = Upload.from_bytes(data, report_type)
             validation.check_upload(expected, upload)
             return upload
         result = from_json_object(data, "the evaluation result")
