@@ -6,6 +6,7 @@ token or ticket) tries everything, and its result must equal an unattacked run's
 """
 import json
 import pickle
+import threading
 import time
 from types import SimpleNamespace
 
@@ -27,6 +28,7 @@ from fedcmd_plugin.personalized.client import SignatureSettings
 from fedcmd_plugin.remote import auth, validation
 from fedcmd_plugin.remote.certs import make_certificates
 from fedcmd_plugin.remote.transport import TLS, Transport, transport_for
+from fedcmd_plugin.remote.trigger import stop_run
 from fedcmd_plugin.remote.wire import STATUS_METHOD, to_json, wrap
 
 from conftest import make_dispatch
@@ -294,11 +296,48 @@ def test_operator_methods_need_the_operator_token(server_service):
         assert code_of(lambda: stub.Run(request, timeout=30, metadata=metadata)) == UNAUTHENTICATED
         assert code_of(lambda: stub.Stop(server_pb.StopRequest(), timeout=30, metadata=metadata)) == UNAUTHENTICATED
         assert code_of(lambda: status(to_json({}), timeout=30, metadata=metadata)) == UNAUTHENTICATED
+        assert code_of(lambda: stop_run(chan, metadata)) == UNAUTHENTICATED
     assert json.loads(status(to_json({}), timeout=30, metadata=OPERATOR)) == {"state": "idle"}
     # With the token, a run request naming an address the server is not configured for is refused.
     attacker = server_pb.RunRequest(clients=[server_pb.Client(client_id="c000", address="127.0.0.1:9", index=0)])
     assert code_of(lambda: stub.Run(attacker, timeout=30, metadata=OPERATOR)) == PERMISSION_DENIED
     assert service.server is None and service.state == {"state": "idle"}
+
+
+@pytest.fixture
+def running(server_service):
+    """The service with run `run7` in progress in round 2 of 5: a thread that lasts until the test ends stands in
+    for the run's, a stand-in server records the stop requests it gets."""
+    service, _, _ = server_service
+    reasons, done = [], threading.Event()
+    service.server = SimpleNamespace(_current_round=1, stop=reasons.append)
+    service.state = {"state": "running", "run_id": "run7", "rounds": 5, "clients": ["c000", "c001"]}
+    service.thread = threading.Thread(target=done.wait, daemon=True)
+    service.thread.start()
+    try:
+        yield reasons
+    finally:
+        done.set()
+        service.thread.join(5)
+
+
+def test_stop_answers_with_the_runs_fields(server_service, running):
+    _, stub, chan = server_service
+    assert code_of(lambda: stop_run(chan, SERVER)) == UNAUTHENTICATED
+    assert running == []  # refused before the run heard of it
+    answer = stop_run(chan, OPERATOR)
+    assert answer == {"state": "running", "run_id": "run7", "round": 2, "rounds": 5, "clients": ["c000", "c001"],
+                      "stop_requested": True, "stopping": True}
+    assert running == ["a Stop request from the operator"]
+    easyfl = stub.Stop(server_pb.StopRequest(), timeout=30, metadata=OPERATOR).status  # EasyFL's own stub
+    assert easyfl.code == common_pb.SC_OK and "run run7 stops" in easyfl.message
+
+
+def test_stop_without_a_run_in_progress_says_so(server_service):
+    _, stub, chan = server_service
+    assert stop_run(chan, OPERATOR) == {"state": "idle", "stopping": False}
+    easyfl = stub.Stop(server_pb.StopRequest(), timeout=30, metadata=OPERATOR).status
+    assert easyfl.code == common_pb.SC_NOT_FOUND and easyfl.message == "no run in progress"
 
 
 # ------------------------------------------------------------------------------ the client service, in process
