@@ -116,7 +116,8 @@ class Settings(Typed):
 
 
 class Report(Typed):
-    """Base of the algorithms' parts of an Upload (numbers the algorithm's server uses or logs)."""
+    """Base of an Upload's typed parts: the TrainingReport every client makes and the algorithms' own (numbers
+    their servers use or log)."""
 
 
 @dataclass(frozen=True)
