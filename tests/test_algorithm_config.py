@@ -8,7 +8,7 @@ import yaml
 import fedcmd_plugin
 from fedcmd_plugin import registry
 from fedcmd_plugin.federation.client import FederatedClient
-from fedcmd_plugin.federation.messages import Settings
+from fedcmd_plugin.federation.messages import Report, Settings
 from fedcmd_plugin.federation.server import FederatedServer
 from fedcmd_plugin.models import classification_model
 
@@ -20,21 +20,29 @@ class DemoSettings(Settings):
     strength: float
 
 
+@dataclass(frozen=True)
+class DemoReport(Report):
+    strength: float
+
+
 class DemoServer(FederatedServer):
     def algorithm_settings(self):
         return DemoSettings(float(self.conf.demo.strength))
 
     def aggregate(self, uploads):
-        SEEN.extend(u.meta["strength"] for u in uploads)
+        SEEN.extend(u.algorithm.strength for u in uploads)
         super().aggregate(uploads)
 
 
 class DemoClient(FederatedClient):
     """Trains as FedAvg does and reports the setting the server handed it."""
     settings_type = DemoSettings
+    report_type = DemoReport
 
-    def pre_train(self):
-        self.round_stats["strength"] = self.dispatch.algorithm.strength
+    def make_upload(self, dispatch):
+        upload = super().make_upload(dispatch)
+        upload.algorithm = DemoReport(dispatch.algorithm.strength)
+        return upload
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ def test_w_v_and_alpha_follow_the_papers_updates():
         w, v, a = hand_steps(w0, v0, a0, data, adaptive)
         assert_states_close(upload.state, w)
         assert_states_close(personal_model(client.kept), v)
-        assert abs(client.kept[ALPHA].item() - a) < 1e-6 and upload.meta["alpha"] == client.kept[ALPHA].item()
+        assert abs(client.kept[ALPHA].item() - a) < 1e-6 and abs(upload.algorithm.alpha - a) < 1e-6
         assert (a != a0) == adaptive
         # Tested with the mixed model over the global model it receives next.
         latest = linear_state(9)

@@ -69,9 +69,10 @@ def test_malformed_archives_are_codec_errors(payload, reason):
 def test_upload_header_types_are_strict():
     good = Upload("c000", 5, {"w": torch.ones(1)}).to_bytes()
     assert Upload.from_bytes(good).num_samples == 5
-    for head in ({"cid": "c000", "num_samples": 5.0, "meta": {}}, {"cid": "c000", "num_samples": True, "meta": {}},
-                 {"cid": 3, "num_samples": 5, "meta": {}}, {"cid": "c000", "num_samples": "5", "meta": {}},
-                 {"cid": "c000", "num_samples": 5, "meta": []}):
+    typed = {"report": {}, "algorithm": None}
+    for head in ({"cid": "c000", "num_samples": 5.0, **typed}, {"cid": "c000", "num_samples": True, **typed},
+                 {"cid": 3, "num_samples": 5, **typed}, {"cid": "c000", "num_samples": "5", **typed},
+                 {"cid": "c000", "num_samples": 5, "meta": {}}):  # the untyped form of old
         with pytest.raises(codec.CodecError, match="upload header"):
             Upload.from_bytes(codec.encode({}, head))
 

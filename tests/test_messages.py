@@ -1,14 +1,17 @@
-"""The typed round protocol: a Dispatch's RoundSettings and the algorithm's own Settings travel as checked JSON,
-the same in every mode, and come back as the same typed values; anything else is a CodecError naming the field."""
+"""The typed round protocol: a Dispatch's RoundSettings and the algorithm's own Settings, and an Upload's
+TrainingReport and the algorithm's own Report, travel as checked JSON, the same in every mode, and come back as the
+same typed values; anything else is a CodecError naming the field."""
 from dataclasses import dataclass
 
 import pytest
 import torch
 
+from fedcmd_plugin.baselines.apfl import APFLReport
 from fedcmd_plugin.baselines.fedfomo import FedFomoSettings
-from fedcmd_plugin.fedcmd.client import FedCMDSettings, Scoring
+from fedcmd_plugin.fedcmd.client import BatchScores, FedCMDReport, FedCMDSettings, Scoring
 from fedcmd_plugin.federation.codec import CodecError
-from fedcmd_plugin.federation.messages import Dispatch, RoundSettings, Settings, pack
+from fedcmd_plugin.federation.messages import Dispatch, RoundSettings, Settings, TrainingReport, Upload, pack
+from fedcmd_plugin.fedureid.client import FedUReIDReport
 from fedcmd_plugin.personalized.client import SignatureSettings
 
 from conftest import make_dispatch
@@ -88,3 +91,87 @@ def test_each_settings_kind_says_what_the_answer_carries():
     assert FedFomoSettings(0.2, ("c001", "c002")).expected_extras(layout) == ({"fomo_weights": ("float32", (2,))}, {})
     assert FedCMDSettings("selection", scoring=SCORING).vote_candidates() == (0, 2, 3)
     assert FedCMDSettings("decoupled", "update", ("w",)).vote_candidates() is None
+
+
+# ----- uploads -----------------------------------------------------------------------------------------------------
+SCORES = BatchScores(((0.5, 0.25, 0.0), (1.0, 2.0, 3.0)), ((0.0, 0.125, 4.0), (7.0, 0.0, 1.5)))
+REID = FedUReIDReport(epochs=3, train_precision=0.75, clusters=41, merges=9, images_extracted=120,
+                      relabel_seconds=0.5)
+
+
+@pytest.mark.parametrize("algorithm, kind", [(None, None), (FedCMDReport(2, SCORES), FedCMDReport),
+                                             (APFLReport(0.375), APFLReport), (REID, FedUReIDReport)])
+def test_every_algorithms_report_comes_back_as_it_was_sent(algorithm, kind):
+    sent = Upload("c003", 17, {"w": torch.arange(4.0)}, {"own": torch.ones(2)}, {"signature": torch.zeros(1, 3)},
+                  TrainingReport(images=51, train_loss=0.625, train_seconds=2.5), algorithm)
+    back = Upload.from_bytes(sent.to_bytes(), kind)
+    assert (back.cid, back.num_samples) == ("c003", 17)
+    assert back.report == TrainingReport(51, 0.625, 2.5) and back.algorithm == algorithm
+    assert torch.equal(back.state["w"], torch.arange(4.0)) and set(back.kept) == {"own"} and set(back.extra) == {
+        "signature"}
+    assert Upload.from_bytes(sent.to_bytes(with_kept=False), kind).kept == {}
+
+
+def test_a_report_without_a_loss_and_batch_scores_keep_their_types():
+    back = Upload.from_bytes(Upload("c000", 1, {}, report=TrainingReport(images=8)).to_bytes())
+    assert back.report.train_loss is None and back.report.train_seconds == 0.0
+    scores = Upload.from_bytes(Upload("c000", 1, {}, algorithm=FedCMDReport(0, SCORES)).to_bytes(),
+                               FedCMDReport).algorithm.batch_scores
+    assert isinstance(scores.exact, tuple) and isinstance(scores.exact[1], tuple)  # tuples again, not lists
+    batches = scores.batches()
+    assert len(batches) == 2 and set(batches[1]) == {"exact", "mean"}
+    assert batches[1]["mean"].tolist() == [7.0, 0.0, 1.5] and batches[0]["exact"].tolist() == [0.5, 0.25, 0.0]
+
+
+def upload_header_with(algorithm, **changes):
+    """The header of an upload reporting `algorithm`, with `part__field[__field]` entries changed (KeyError:
+    removed)."""
+    header = Upload("c000", 5, {}, report=TrainingReport(4, 0.5, 1.0), algorithm=algorithm).header()
+    for path, value in changes.items():
+        *outer, name = path.split("__")
+        target = header
+        for step in outer:
+            target = target[step]
+        if value is KeyError:
+            del target[name]
+        else:
+            target[name] = value
+    return header
+
+
+@pytest.mark.parametrize("algorithm, kind, changes, message", [
+    (None, None, {"report__images": 4.0}, "TrainingReport.images must be int, got float"),
+    (None, None, {"report__images": True}, "TrainingReport.images must be int, got bool"),
+    (None, None, {"report__train_loss": "0.5"}, "TrainingReport.train_loss must be float, got str"),
+    (None, None, {"report__samples": 3}, r"TrainingReport has unknown fields \['samples'\]"),
+    (APFLReport(0.5), APFLReport, {"algorithm__alpha": None}, "APFLReport.alpha must be float, got NoneType"),
+    (APFLReport(0.5), APFLReport, {"algorithm__alpha": KeyError}, "APFLReport lacks field 'alpha'"),
+    (APFLReport(0.5), APFLReport, {"algorithm__beta": 0.1}, r"APFLReport has unknown fields \['beta'\]"),
+    (FedCMDReport(1, SCORES), FedCMDReport, {"algorithm__vote": "1"}, "FedCMDReport.vote must be int, got str"),
+    (FedCMDReport(1, SCORES), FedCMDReport, {"algorithm__batch_scores": KeyError},
+     "FedCMDReport lacks field 'batch_scores'"),
+    (FedCMDReport(1, SCORES), FedCMDReport, {"algorithm__batch_scores__mean": [[0.1, "x"]]},
+     r"FedCMDReport.batch_scores.mean\[0\]\[1\] must be float, got str"),
+    (FedCMDReport(1, SCORES), FedCMDReport, {"algorithm__batch_scores__cosine": []},
+     r"FedCMDReport.batch_scores has unknown fields \['cosine'\]"),
+    (REID, FedUReIDReport, {"algorithm__clusters": 41.0}, "FedUReIDReport.clusters must be int, got float"),
+    (REID, FedUReIDReport, {"algorithm__merges": KeyError}, "FedUReIDReport lacks field 'merges'"),
+])
+def test_wrong_report_fields_are_codec_errors_naming_them(algorithm, kind, changes, message):
+    with pytest.raises(CodecError, match=message):
+        Upload.from_bytes(pack({}, upload_header_with(algorithm, **changes)), kind)
+
+
+def test_reports_of_another_kind_or_none_at_all_are_refused():
+    apfl = Upload("c000", 5, {}, algorithm=APFLReport(0.5)).to_bytes()
+    with pytest.raises(CodecError, match="upload algorithm report must be absent"):
+        Upload.from_bytes(apfl)  # an algorithm that reports nothing extra is sent a report
+    with pytest.raises(CodecError, match=r"FedCMDReport has unknown fields \['alpha'\]"):
+        Upload.from_bytes(apfl, FedCMDReport)
+    with pytest.raises(CodecError, match=r"FedUReIDReport has unknown fields \['batch_scores', 'vote'\]"):
+        Upload.from_bytes(Upload("c000", 5, {}, algorithm=FedCMDReport(1, SCORES)).to_bytes(), FedUReIDReport)
+    with pytest.raises(CodecError, match="TrainingReport must be an object"):
+        Upload.from_bytes(pack({}, {**upload_header_with(None), "report": 4}))
+    # FedCMD reports only while it selects: no report decodes as None whatever the algorithm's type
+    assert Upload.from_bytes(Upload("c000", 5, {}).to_bytes(), FedCMDReport).algorithm is None
+

@@ -78,7 +78,8 @@ class ServiceLikeFleet(LocalFleet):
 
     def train(self, dispatches):
         return [ServerService.checked(self.policy.expect(TRAIN, cid, dispatch),
-                                      self.clients[cid].run_round(dispatch).to_bytes(with_kept=False))
+                                      self.clients[cid].run_round(dispatch).to_bytes(with_kept=False),
+                                      self.report_type)
                 for cid, dispatch in dispatches.items()]
 
     def evaluate(self, dispatches, splits):

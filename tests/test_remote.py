@@ -162,12 +162,12 @@ def test_trigger_fails_with_one_line_when_no_client_answers(tmp_path):
 
 @pytest.mark.slow
 def test_stop_ends_the_run_and_its_folder_says_stopped(cluster):
-    """Stop right after Run: the run ends after the round in progress (or before the first), and neither the
-    server's status nor the run folder calls it complete."""
+    """Stop right after Run: the answer names the run, which ends after the round in progress (or before the
+    first), and neither the server's status nor the run folder calls it complete; then nothing is left to stop."""
     from easyfl.pb import common_pb2, server_service_pb2, server_service_pb2_grpc
 
     from fedcmd_plugin.remote.transport import Transport
-    from fedcmd_plugin.remote.trigger import run_status, wait_for_run
+    from fedcmd_plugin.remote.trigger import run_status, stop_run, wait_for_run
 
     before = set(cluster.run_folders())
     chan = Transport(4 * 1024 * 1024).channel(cluster.address)
@@ -175,10 +175,15 @@ def test_stop_ends_the_run_and_its_folder_says_stopped(cluster):
         stub = server_service_pb2_grpc.ServerServiceStub(chan)
         started = stub.Run(server_service_pb2.RunRequest(), timeout=60, metadata=OPERATOR)
         assert started.status.code == common_pb2.SC_OK, started.status.message
-        stopped = stub.Stop(server_service_pb2.StopRequest(), timeout=60, metadata=OPERATOR)
-        assert stopped.status.code == common_pb2.SC_OK, stopped.status.message
-        final = wait_for_run(chan, cluster.address, OPERATOR, run_status(chan, OPERATOR)["run_id"],
-                             timeout=RUN_TIMEOUT)
+        run_id = run_status(chan, OPERATOR)["run_id"]
+        assert f"run {run_id} started" in started.status.message
+        stopped = stop_run(chan, OPERATOR)
+        assert stopped["stopping"] is True and stopped["run_id"] == run_id, stopped
+        final = wait_for_run(chan, cluster.address, OPERATOR, run_id, timeout=RUN_TIMEOUT)
+        after = stop_run(chan, OPERATOR)
+        assert after["stopping"] is False and after["run_id"] == run_id and after["state"] == "stopped", after
+        assert stub.Stop(server_service_pb2.StopRequest(), timeout=60,
+                         metadata=OPERATOR).status.code == common_pb2.SC_NOT_FOUND
     finally:
         chan.close()
     (folder,) = set(cluster.run_folders()) - before

@@ -6,6 +6,7 @@ token or ticket) tries everything, and its result must equal an unattacked run's
 """
 import json
 import pickle
+import threading
 import time
 from types import SimpleNamespace
 
@@ -21,12 +22,14 @@ from processes import free_port
 from remote_helpers import OPERATOR, RUN_TIMEOUT, TOKENS, Cluster, Trap, assert_complete, client_rows, read_json
 
 from fedcmd_plugin import ConfigError, load_config
-from fedcmd_plugin.fedcmd.client import FedCMDSettings, Scoring
-from fedcmd_plugin.federation.messages import Upload
+from fedcmd_plugin.fedcmd.client import BatchScores, FedCMDReport, FedCMDSettings, Scoring
+from fedcmd_plugin.federation.messages import TrainingReport, Upload, pack
 from fedcmd_plugin.personalized.client import SignatureSettings
+from fedcmd_plugin.registry import get_algorithm
 from fedcmd_plugin.remote import auth, validation
 from fedcmd_plugin.remote.certs import make_certificates
 from fedcmd_plugin.remote.transport import TLS, Transport, transport_for
+from fedcmd_plugin.remote.trigger import stop_run
 from fedcmd_plugin.remote.wire import STATUS_METHOD, to_json, wrap
 
 from conftest import make_dispatch
@@ -60,17 +63,19 @@ def pki(tmp_path_factory):
 # ------------------------------------------------------------------------------ the server service, in process
 @pytest.fixture
 def server_service():
-    """A ServerService with its guard on a free port, a run `run1` and (service, stub, channel)."""
+    """A FedCMD ServerService (its uploads may carry a vote) with its guard on a free port, a run `run1` and
+    (service, stub, channel)."""
     from fedcmd_plugin.remote.server import start
 
-    conf = load_config(None, ["remote.bind=127.0.0.1", f"remote.server_port={free_port()}", "data.num_of_clients=2",
+    conf = load_config(None, ["algorithm=fedcmd", "remote.bind=127.0.0.1", f"remote.server_port={free_port()}",
+                              "data.num_of_clients=2",
                               "remote.client_addresses=[127.0.0.1:23000,127.0.0.1:23001]"])
     data = SimpleNamespace(train=SimpleNamespace(users=["c000", "c001"], size=lambda cid: SIZES[cid]["train"]),
                            test=SimpleNamespace(size=lambda cid: SIZES[cid]["test"]),
                            info=SimpleNamespace(task="classification"))
     transport = Transport(LIMIT)
-    service, grpc_srv = start(SimpleNamespace(conf=conf, data=data), transport, TOKENS["FEDCMD_OPERATOR_TOKEN"],
-                              TOKENS["FEDCMD_SERVER_TOKEN"])
+    experiment = SimpleNamespace(conf=conf, data=data, algorithm=get_algorithm(conf.algorithm))
+    service, grpc_srv = start(experiment, transport, TOKENS["FEDCMD_OPERATOR_TOKEN"], TOKENS["FEDCMD_SERVER_TOKEN"])
     service.tickets = auth.Tickets("run1")
     chan = SENDER.channel(f"127.0.0.1:{conf.remote.server_port}")
     try:
@@ -116,6 +121,14 @@ def upload(cid="c000", num_samples=40, state=None, **parts):
     return Upload(cid, num_samples, dict(STATE if state is None else state), **parts).to_bytes()
 
 
+def upload_with(**header):
+    """An honest upload's archive with header entries replaced: what no typed Upload can hold."""
+    return pack({"state": dict(STATE), "extra": {}, "kept": {}}, {**Upload("c000", 40, {}).header(), **header})
+
+
+SCORES = BatchScores(((0.1, 0.2, 0.3), (0.3, 0.2, 0.1)), ((0.0, 0.0, 0.1), (0.2, 0.0, 0.0)))
+
+
 def test_unsigned_forged_and_misdirected_uploads_are_unauthenticated(server_service):
     service, stub, _ = server_service
     rnd = Round(service, 0)
@@ -159,9 +172,11 @@ ATTACKS = {
     "kept state": upload(kept={"w": STATE["w"]}),
     "unasked extra": upload(extra={"signature": torch.ones(9)}),
     "another client's archive": upload("c001", 40),
-    "unasked vote": upload(meta={"vote": 1}),
-    "meta string": upload(meta={"images": "many"}),
-    "meta nan": upload(meta={"train_loss": float("nan")}),
+    "unasked vote": upload(algorithm=FedCMDReport(2, SCORES)),
+    "report string": upload_with(report={"images": "many"}),
+    "report nan": upload(report=TrainingReport(train_loss=float("nan"))),
+    "report negative": upload(report=TrainingReport(images=-3)),
+    "report of another algorithm": upload_with(algorithm={"alpha": 0.5}),
     "pickle": None,  # filled in by the test: a pickle whose __reduce__ would create a file
     "not an archive": b"\x00" * 64,
 }
@@ -185,20 +200,27 @@ def test_signed_uploads_that_fail_the_checks_are_rejected_and_recorded(server_se
 def test_votes_scores_and_signatures_follow_the_request(server_service):
     service, stub, _ = server_service
     scoring = FedCMDSettings("selection", scoring=Scoring("exact", (0, 2), None, 1024, 1))
-    scores = {"exact": [[0.1, 0.2, 0.3], [0.3, 0.2, 0.1]], "mean": [[0.0, 0.0, 0.1], [0.2, 0.0, 0.0]]}
-    cases = [({"vote": 2, "batch_scores": scores}, {}, common_pb.SC_OK),
-             ({"vote": 1, "batch_scores": scores}, {}, common_pb.SC_INVALID_REQUEST),  # not a candidate
-             ({"vote": 2, "batch_scores": {"exact": [[0.1] * 9], "mean": [[0.1] * 9]}}, {},
-              common_pb.SC_INVALID_REQUEST),  # one score per block
-             ({"vote": 2, "batch_scores": {"exact": scores["exact"]}}, {}, common_pb.SC_INVALID_REQUEST),
-             ({"vote": 2, "batch_scores": {"exact": [[-1.0, 0.2, 0.3]], "mean": [[0.0, 0.0, 0.1]]}}, {},
-              common_pb.SC_INVALID_REQUEST),  # a distance is never negative
-             ({"vote": 2, "batch_scores": {"exact": scores["exact"], "mean": scores["mean"][:1]}}, {},
-              common_pb.SC_INVALID_REQUEST),  # the same batches for both distances
-             ({"vote": True}, {}, common_pb.SC_INVALID_REQUEST)]
-    for index, (meta, extra, expected) in enumerate(cases):
+    honest = FedCMDReport(2, SCORES).to_json()
+    cases = [(FedCMDReport(2, SCORES), None),
+             (FedCMDReport(1, SCORES), "vote 1 is not one of the candidate blocks [0, 2]"),
+             (FedCMDReport(2, BatchScores(((0.1,) * 9,), ((0.1,) * 9,))), "of 3 scores (one per block)"),
+             (FedCMDReport(2, BatchScores((), ())), "batch_scores must hold the same scored batches"),  # none
+             (FedCMDReport(2, BatchScores(((-1.0, 0.2, 0.3),), ((0.0, 0.0, 0.1),))),
+              "algorithm.batch_scores.exact[0][0] is -1.0, not a finite number >= 0"),  # a distance is never negative
+             (FedCMDReport(2, BatchScores(SCORES.exact, SCORES.mean[:1])),
+              "batch_scores must hold the same scored batches"),  # the same batches for both distances
+             ({**honest, "batch_scores": {"exact": honest["batch_scores"]["exact"]}},
+              "FedCMDReport.batch_scores lacks field 'mean'"),
+             ({**honest, "vote": True}, "FedCMDReport.vote must be int, got bool")]
+    for index, (report, reason) in enumerate(cases):
         rnd = Round(service, 10 + index, algorithm=scoring)
-        assert rnd.signed(stub, "c000", upload(meta=meta, extra=extra)) == (grpc.StatusCode.OK, expected), meta
+        payload = upload_with(algorithm=report) if isinstance(report, dict) else upload(algorithm=report)
+        code = common_pb.SC_OK if reason is None else common_pb.SC_INVALID_REQUEST
+        assert rnd.signed(stub, "c000", payload) == (grpc.StatusCode.OK, code), report
+        if reason is None:
+            assert "c000" in rnd.waiter.results
+        else:
+            assert reason in rnd.waiter.rejected["c000"], rnd.waiter.rejected
     signature = SignatureSettings("decoupled", "update", ("w", "b"))
     # w (2 x 3) and b (3) disagree on their rows: the signature is one row of their 9 values
     for index, (extra, expected) in enumerate([({"signature": torch.ones(1, 9)}, common_pb.SC_OK),
@@ -276,11 +298,48 @@ def test_operator_methods_need_the_operator_token(server_service):
         assert code_of(lambda: stub.Run(request, timeout=30, metadata=metadata)) == UNAUTHENTICATED
         assert code_of(lambda: stub.Stop(server_pb.StopRequest(), timeout=30, metadata=metadata)) == UNAUTHENTICATED
         assert code_of(lambda: status(to_json({}), timeout=30, metadata=metadata)) == UNAUTHENTICATED
+        assert code_of(lambda: stop_run(chan, metadata)) == UNAUTHENTICATED
     assert json.loads(status(to_json({}), timeout=30, metadata=OPERATOR)) == {"state": "idle"}
     # With the token, a run request naming an address the server is not configured for is refused.
     attacker = server_pb.RunRequest(clients=[server_pb.Client(client_id="c000", address="127.0.0.1:9", index=0)])
     assert code_of(lambda: stub.Run(attacker, timeout=30, metadata=OPERATOR)) == PERMISSION_DENIED
     assert service.server is None and service.state == {"state": "idle"}
+
+
+@pytest.fixture
+def running(server_service):
+    """The service with run `run7` in progress in round 2 of 5: a thread that lasts until the test ends stands in
+    for the run's, a stand-in server records the stop requests it gets."""
+    service, _, _ = server_service
+    reasons, done = [], threading.Event()
+    service.server = SimpleNamespace(_current_round=1, stop=reasons.append)
+    service.state = {"state": "running", "run_id": "run7", "rounds": 5, "clients": ["c000", "c001"]}
+    service.thread = threading.Thread(target=done.wait, daemon=True)
+    service.thread.start()
+    try:
+        yield reasons
+    finally:
+        done.set()
+        service.thread.join(5)
+
+
+def test_stop_answers_with_the_runs_fields(server_service, running):
+    _, stub, chan = server_service
+    assert code_of(lambda: stop_run(chan, SERVER)) == UNAUTHENTICATED
+    assert running == []  # refused before the run heard of it
+    answer = stop_run(chan, OPERATOR)
+    assert answer == {"state": "running", "run_id": "run7", "round": 2, "rounds": 5, "clients": ["c000", "c001"],
+                      "stop_requested": True, "stopping": True}
+    assert running == ["a Stop request from the operator"]
+    easyfl = stub.Stop(server_pb.StopRequest(), timeout=30, metadata=OPERATOR).status  # EasyFL's own stub
+    assert easyfl.code == common_pb.SC_OK and "run run7 stops" in easyfl.message
+
+
+def test_stop_without_a_run_in_progress_says_so(server_service):
+    _, stub, chan = server_service
+    assert stop_run(chan, OPERATOR) == {"state": "idle", "stopping": False}
+    easyfl = stub.Stop(server_pb.StopRequest(), timeout=30, metadata=OPERATOR).status
+    assert easyfl.code == common_pb.SC_NOT_FOUND and easyfl.message == "no run in progress"
 
 
 # ------------------------------------------------------------------------------ the client service, in process

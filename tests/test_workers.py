@@ -2,12 +2,13 @@
 worker, a worker that dies, and real runs identical to the sequential loop."""
 import os
 import signal
+from dataclasses import dataclass
 
 import pytest
 import torch
 
 from fedcmd_plugin.cli import run_experiment
-from fedcmd_plugin.federation.messages import Upload
+from fedcmd_plugin.federation.messages import Report, Upload
 from fedcmd_plugin.federation.workers import ProcessFleet, balance
 
 from conftest import CONFIGS, make_dispatch
@@ -22,9 +23,15 @@ def test_balance_puts_the_longest_clients_first_on_the_least_loaded_worker():
     assert balance({"x": 5}, {}, 3) == [["x"], [], []]
 
 
+@dataclass(frozen=True)
+class WorkerReport(Report):
+    pid: int  # the process that trained the client
+
+
 class CountingClient:
     """A stand-in client whose whole state is `kept`: a counter of the rounds it trained and where."""
     settings_type = None  # no algorithm settings
+    report_type = WorkerReport
 
     class Data:
         def size(self, cid):
@@ -39,7 +46,7 @@ class CountingClient:
     def run_round(self, dispatch):
         count = self.kept.get("count", torch.tensor(0)) + 1
         self.kept = {"count": count}
-        return Upload(self.cid, 1, {"w": dispatch.state["w"] + 1}, dict(self.kept), {}, {"pid": os.getpid()})
+        return Upload(self.cid, 1, {"w": dispatch.state["w"] + 1}, dict(self.kept), algorithm=WorkerReport(os.getpid()))
 
     def evaluate(self, dispatch, splits):
         return {"count": int(self.kept.get("count", torch.tensor(0)))}
@@ -58,7 +65,7 @@ def test_a_clients_state_follows_it_to_whichever_worker_trains_it():
             assert [u.cid for u in uploads] == chosen
             for upload in uploads:
                 assert upload.state["w"].item() == round_index + 1
-                pids.setdefault(upload.cid, set()).add(upload.meta["pid"])
+                pids.setdefault(upload.cid, set()).add(upload.algorithm.pid)
         counts = {cid: int(fleet.kept(cid)["count"]) for cid in "abc"}
         assert counts == {"a": 2, "b": 2, "c": 4}  # no round lost, whatever worker trained it
         assert len(set().union(*pids.values())) == 2 and len(pids["c"]) == 2  # c moved between the workers

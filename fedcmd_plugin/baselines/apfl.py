@@ -19,7 +19,7 @@ from torch.func import functional_call
 from fedcmd_plugin import aggregate as agg
 from fedcmd_plugin.baselines.common import as_kept, personal_model
 from fedcmd_plugin.federation.client import FederatedClient
-from fedcmd_plugin.federation.messages import Settings
+from fedcmd_plugin.federation.messages import Report, Settings
 from fedcmd_plugin.federation.server import FederatedServer
 from fedcmd_plugin.models import classification_model
 from fedcmd_plugin.registry import Algorithm, register_algorithm
@@ -44,6 +44,11 @@ class APFLSettings(Settings):
     alpha_lr: float  # the step of alpha's gradient descent
 
 
+@dataclass(frozen=True)
+class APFLReport(Report):
+    alpha: float  # the client's mixing weight after the round
+
+
 class APFLServer(FederatedServer):
     personal_models = True
 
@@ -62,13 +67,14 @@ class APFLServer(FederatedServer):
 
     def post_train(self):
         super().post_train()
-        alphas = [u.meta["alpha"] for u in self.round_uploads if "alpha" in u.meta]
+        alphas = [u.algorithm.alpha for u in self.round_uploads if u.algorithm is not None]
         if alphas:
             self.recorder.log_round(self._current_round, {"alpha_mean": float(np.mean(alphas))})
 
 
 class APFLClient(FederatedClient):
     settings_type = APFLSettings
+    report_type = APFLReport
     personal = None  # v's tensors while the client trains
 
     def train(self, conf, device="cpu"):
@@ -90,7 +96,11 @@ class APFLClient(FederatedClient):
             self.kept[ALPHA] = self.alpha.detach().clamp(0.0, 1.0)
         finally:
             self.personal = None
-        self.round_stats["alpha"] = float(self.kept[ALPHA])
+
+    def make_upload(self, dispatch):
+        upload = super().make_upload(dispatch)
+        upload.algorithm = APFLReport(float(self.kept[ALPHA]))
+        return upload
 
     def train_batch(self, x, y, epoch, batch_index):
         """w's own loss plus the mixed model's, in which w is detached: w learns from its own loss only."""

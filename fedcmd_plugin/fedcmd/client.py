@@ -3,10 +3,11 @@ the training forward pass itself) and votes by the server's rule; afterwards it 
 reports that layer's update so the server can weigh clients by similarity."""
 from dataclasses import dataclass
 
+import numpy as np
 import torch.nn.functional as F
 
 from fedcmd_plugin.fedcmd import selection
-from fedcmd_plugin.federation.messages import Settings
+from fedcmd_plugin.federation.messages import Report, Settings
 from fedcmd_plugin.federation.seeding import client_generator
 from fedcmd_plugin.personalized.client import PersonalizedClient, SignatureSettings
 
@@ -31,8 +32,34 @@ class FedCMDSettings(SignatureSettings):
         return None if self.scoring is None else self.scoring.candidates
 
 
+@dataclass(frozen=True)
+class BatchScores(Report):
+    """Each scored batch's score of every block under each distance (the fields are `selection.DISTANCES`)."""
+    exact: tuple[tuple[float, ...], ...]
+    mean: tuple[tuple[float, ...], ...]
+
+    @classmethod
+    def of(cls, batch_scores):
+        """From [{distance: one score per block}] of the scored batches."""
+        return cls(**{name: tuple(tuple(s[name].tolist()) for s in batch_scores) for name in selection.DISTANCES})
+
+    def batches(self):
+        """[{distance: array of one score per block}] of the scored batches, as `selection.Rule.vote` reads them."""
+        per_distance = {name: getattr(self, name) for name in selection.DISTANCES}
+        count = len(per_distance[selection.DISTANCES[0]])
+        return [{name: np.asarray(rows[b]) for name, rows in per_distance.items()} for b in range(count)]
+
+
+@dataclass(frozen=True)
+class FedCMDReport(Report):
+    """A selection-phase client's vote (a block index) and the scores it voted from; no report otherwise."""
+    vote: int
+    batch_scores: BatchScores
+
+
 class FedCMDClient(PersonalizedClient):
     settings_type = FedCMDSettings
+    report_type = FedCMDReport
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -57,8 +84,6 @@ class FedCMDClient(PersonalizedClient):
         if self.batch_scores:
             scoring = dispatch.algorithm.scoring
             rule = selection.Rule(scoring.distance, scoring.candidates, scoring.preferred)
-            upload.meta["vote"] = rule.vote(self.batch_scores)
-            upload.meta["batch_scores"] = {name: [s[name].tolist() for s in self.batch_scores]
-                                           for name in selection.DISTANCES}
+            upload.algorithm = FedCMDReport(rule.vote(self.batch_scores), BatchScores.of(self.batch_scores))
         self.scoring = None
         return upload

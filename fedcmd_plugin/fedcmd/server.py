@@ -161,16 +161,14 @@ class FedCMDServer(PersonalizedServer):
 
     # ----- selection --------------------------------------------------------------------------------------------
     def count_votes(self, uploads):
-        voters = [u for u in uploads if "vote" in u.meta]
+        voters = [u for u in uploads if u.algorithm is not None]
         if not voters:
             return
-        votes = {u.cid: int(u.meta["vote"]) for u in voters}
+        votes = {u.cid: u.algorithm.vote for u in voters}
         round_tally = selection.tally(votes.values(), len(self.block_names))
         self.counts = [a + b for a, b in zip(self.counts, round_tally)]
         for upload in voters:
-            scored = upload.meta["batch_scores"]
-            batches = [{d: np.asarray(scored[d][b]) for d in selection.DISTANCES}
-                       for b in range(len(scored[self.rule.distance]))]
+            batches = upload.algorithm.batch_scores.batches()
             self.scored_batches += len(batches)
             for distance in selection.DISTANCES:
                 self.score_rows[distance].append(np.mean([b[distance] for b in batches], axis=0))

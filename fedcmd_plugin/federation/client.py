@@ -9,13 +9,14 @@ train -> post_train -> `make_upload`. Algorithms override `train_batch`, `traini
 """
 import copy
 import time
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from easyfl.client import BaseClient
 
 from fedcmd_plugin.federation.evaluation import measure
-from fedcmd_plugin.federation.messages import Upload
+from fedcmd_plugin.federation.messages import TrainingReport, Upload
 from fedcmd_plugin.federation.progress import SILENT
 from fedcmd_plugin.federation.seeding import client_generator
 from fedcmd_plugin.models import has_batch_norm
@@ -28,13 +29,14 @@ def model_entries(kept, model_state):
 
 class FederatedClient(BaseClient):
     settings_type = None  # the Settings dataclass of the algorithm's part of each Dispatch (None: it has none)
+    report_type = None  # the Report dataclass of the algorithm's part of each Upload (None: it reports nothing extra)
 
     def __init__(self, cid, conf, train_data, test_data, device, **kwargs):
         super().__init__(cid, conf, train_data, test_data, device, **kwargs)
         self.kept = {}  # the client's own tensors (personal layers, memories): never aggregated
         self.initial_state = None  # the starting parameters shared by all clients of this process
         self.dispatch = None
-        self.round_stats = {}
+        self.report = TrainingReport()  # what the round's training reports so far
         self.progress = SILENT
 
     def attach(self, model, initial_state, progress=SILENT):
@@ -65,7 +67,7 @@ class FederatedClient(BaseClient):
             upload = self.make_upload(dispatch)
         finally:
             self.release()
-        upload.meta["train_seconds"] = time.time() - started
+        upload.report = replace(upload.report, train_seconds=time.time() - started)
         return upload
 
     def release(self):
@@ -108,9 +110,9 @@ class FederatedClient(BaseClient):
                 optimizer.step()
                 loss_sum += loss.item() * len(y)
                 seen += len(y)
-        self.round_stats["train_loss"] = loss_sum / max(seen, 1)
-        self.round_stats["images"] = self.round_stats.get("images", 0) + seen * epochs
-        return self.round_stats["train_loss"]
+        train_loss = loss_sum / max(seen, 1)
+        self.report = replace(self.report, images=self.report.images + seen * epochs, train_loss=train_loss)
+        return train_loss
 
     def training_batches(self, generator, min_last):
         """One epoch's shuffled batches of the samples this client trains on (override to hold some out)."""
@@ -129,8 +131,12 @@ class FederatedClient(BaseClient):
         own = {k: v for k, v in self.kept.items() if k not in state}
         self.kept = {**own, **{k: state[k] for k in personal}}
         shared = {k: v for k, v in state.items() if k not in personal}
-        meta, self.round_stats = dict(self.round_stats), {}
-        return Upload(self.cid, self.train_data.size(self.cid), shared, dict(self.kept), {}, meta)
+        return Upload(self.cid, self.train_data.size(self.cid), shared, dict(self.kept), {}, self.take_report())
+
+    def take_report(self):
+        """The round's TrainingReport; the next round's starts afresh."""
+        report, self.report = self.report, TrainingReport()
+        return report
 
     def load_personalised(self, dispatch):
         """Put the model this client uses (tests, fine-tunes) into the workspace: by default what `download`
@@ -151,7 +157,7 @@ class FederatedClient(BaseClient):
             self.run_epochs(self.make_optimizer(self.model.parameters()), epochs, "finetune")
         finally:
             self.model = workspace
-            self.round_stats = {}
+            self.report = TrainingReport()  # fine-tuning before a test is no part of a round's training
         return tuned
 
     def evaluate(self, dispatch, splits=("test",)):

@@ -77,12 +77,13 @@ def split(blob):
     return parts
 
 
-def gather_uploads(uploads):
-    """All ranks' uploads on every rank (unchanged objects when not distributed)."""
+def gather_uploads(uploads, report_type=None):
+    """All ranks' uploads on every rank (unchanged objects when not distributed); `report_type`: the algorithm's
+    Report class, which the uploads' algorithm reports decode as."""
     if not is_active():
         return list(uploads)
     blobs = all_gather_bytes(join([u.to_bytes() for u in uploads]))
-    return [Upload.from_bytes(part) for blob in blobs for part in split(blob)]
+    return [Upload.from_bytes(part, report_type) for blob in blobs for part in split(blob)]
 
 
 def gather_json(items):

@@ -10,6 +10,8 @@ from fedcmd_plugin.federation.progress import SILENT
 
 
 class Fleet(Protocol):
+    report_type: type | None  # the Report class of the algorithm's part of the clients' uploads (`report_type`)
+
     def client_ids(self) -> list:
         """Every client of the run, sorted."""
 
@@ -37,6 +39,7 @@ class LocalFleet:
         for client in clients:
             client.attach(workspace, initial_state, progress)
         self.clients = {client.cid: client for client in clients}
+        self.report_type = type(clients[0]).report_type if clients else None
 
     def client_ids(self):
         return sorted(self.clients)

@@ -1,5 +1,6 @@
 """What the server sends a client for one round (Dispatch: the round's typed RoundSettings and the algorithm's
-own typed Settings beside the tensors) and what comes back (Upload).
+own typed Settings beside the tensors) and what comes back (Upload: the typed TrainingReport every client makes
+and the algorithm's own typed Report beside the tensors).
 
 The same two messages are passed as Python objects in standalone mode, gathered across ranks in distributed
 mode and sent over gRPC in remote mode; `to_bytes`/`from_bytes` use the safe tensor codec, never pickle.
@@ -43,10 +44,10 @@ def layout(payload):
     return split_groups({name: (dtype, shape) for name, dtype, shape in entries}), meta
 
 
-# ----- the round's settings ----------------------------------------------------------------------------------------
+# ----- the typed parts of both messages ----------------------------------------------------------------------------
 def typed(kind, value, where):
     """`value` (decoded JSON) as the annotated type `kind`: int, float, bool, str, X | None, tuple[X, ...] or a
-    Settings dataclass; anything else is a CodecError naming `where`. int is not bool; a float field takes an int."""
+    Typed dataclass; anything else is a CodecError naming `where`. int is not bool; a float field takes an int."""
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -66,18 +67,9 @@ def typed(kind, value, where):
     return value
 
 
-class Settings:
-    """Base of the typed parts of a Dispatch: frozen dataclasses whose fields are JSON-able values (`typed`).
-    An algorithm's Settings also say what a client's upload carries in answer (checked in remote mode)."""
-
-    def expected_extras(self, layout):
-        """({extra name: (dtype name, shape)}, {extra name: smallest value}) of the upload's extras, from the
-        model's `layout` ({key: (dtype name, shape)})."""
-        return {}, {}
-
-    def vote_candidates(self):
-        """The blocks a vote in the upload may name; None: no vote is asked for."""
-        return None
+class Typed:
+    """Base of the typed parts of Dispatches and Uploads: frozen dataclasses whose fields are JSON-able values
+    (`typed`), so that what crosses a process or the network comes back as it was sent or not at all."""
 
     def to_json(self):
         return dataclasses.asdict(self)
@@ -102,11 +94,30 @@ class Settings:
 
 @functools.cache
 def field_types(cls):
-    """{field name: (annotated type, whether it has no default)} of a Settings dataclass, worked out once per
-    class (every dispatch a client decodes asks)."""
+    """{field name: (annotated type, whether it has no default)} of a Typed dataclass, worked out once per
+    class (every dispatch and upload decoded asks)."""
     hints = typing.get_type_hints(cls)
     return {f.name: (hints[f.name], f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
             for f in dataclasses.fields(cls)}
+
+
+class Settings(Typed):
+    """Base of the algorithms' parts of a Dispatch. They also say what a client's upload carries in answer
+    (checked in remote mode)."""
+
+    def expected_extras(self, layout):
+        """({extra name: (dtype name, shape)}, {extra name: smallest value}) of the upload's extras, from the
+        model's `layout` ({key: (dtype name, shape)})."""
+        return {}, {}
+
+    def vote_candidates(self):
+        """The blocks a vote in the upload may name; None: no vote is asked for."""
+        return None
+
+
+class Report(Typed):
+    """Base of an Upload's typed parts: the TrainingReport every client makes and the algorithms' own (numbers
+    their servers use or log)."""
 
 
 @dataclass(frozen=True)
@@ -157,27 +168,50 @@ class Dispatch:
         return cls.from_parts(groups, header, settings_type)
 
 
+@dataclass(frozen=True)
+class TrainingReport(Report):
+    """What every client's training reports: the images it trained on (summed over its epochs), the mean loss
+    per sample of its last epoch (None: it trains without one) and the seconds its round took."""
+    images: int = 0
+    train_loss: float | None = None
+    train_seconds: float = 0.0
+
+
 @dataclass
 class Upload:
     """Client -> server. `state`: what the server may aggregate; `kept`: the client's own state (synced only
     between replicas of the same client on other ranks, never aggregated, never sent in remote mode);
-    `extra`: tensors an algorithm reports (e.g. layer updates); `meta`: numbers (samples, votes, metrics)."""
+    `extra`: tensors an algorithm reports (e.g. layer updates); `report`: the round's TrainingReport;
+    `algorithm`: the algorithm's own typed report (the `Report` dataclass its client declares as `report_type`;
+    None when it reports nothing extra this round)."""
     cid: str
     num_samples: int
     state: dict
     kept: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
-    meta: dict = field(default_factory=dict)
+    report: TrainingReport = field(default_factory=TrainingReport)
+    algorithm: Report | None = None
+
+    def header(self):
+        return {"cid": self.cid, "num_samples": self.num_samples, "report": self.report.to_json(),
+                "algorithm": None if self.algorithm is None else self.algorithm.to_json()}
 
     def to_bytes(self, with_kept=True):
         groups = {"state": self.state, "extra": self.extra, "kept": self.kept if with_kept else {}}
-        return pack(groups, {"cid": self.cid, "num_samples": self.num_samples, "meta": self.meta})
+        return pack(groups, self.header())
 
     @classmethod
-    def from_bytes(cls, payload):
+    def from_bytes(cls, payload, report_type=None):
+        """An Upload from `to_bytes`' bytes; `report_type`: the algorithm's Report class (its client's
+        `report_type`). CodecError for anything else, naming the field."""
         groups, head = unpack(payload)
-        cid, num_samples, meta = head.get("cid"), head.get("num_samples"), head.get("meta")
-        if not isinstance(cid, str) or type(num_samples) is not int or not isinstance(meta, dict):
-            raise codec.CodecError("upload header needs cid (a string), num_samples (an integer) and meta (an "
-                                   "object)")
-        return cls(cid, num_samples, groups["state"], groups["kept"], groups["extra"], meta)
+        if set(head) != {"cid", "num_samples", "report", "algorithm"}:
+            raise codec.CodecError("upload header must hold exactly cid, num_samples, report and algorithm")
+        cid, num_samples, algorithm = head["cid"], head["num_samples"], head["algorithm"]
+        if not isinstance(cid, str) or type(num_samples) is not int:
+            raise codec.CodecError("upload header needs cid (a string) and num_samples (an integer)")
+        if algorithm is not None and report_type is None:
+            raise codec.CodecError("upload algorithm report must be absent: the algorithm reports nothing extra")
+        return cls(cid, num_samples, groups["state"], groups["kept"], groups["extra"],
+                   TrainingReport.from_json(head["report"]),
+                   None if algorithm is None else report_type.from_json(algorithm))

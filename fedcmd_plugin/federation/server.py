@@ -309,7 +309,7 @@ class FederatedServer(BaseServer):
         self.grouping_for_distributed()
         uploads = self.fleet.train({cid: self.training_dispatch(cid, dispatch)
                                     for cid, dispatch in self.dispatches(self.grouped_clients).items()})
-        uploads = distributed.gather_uploads(uploads)
+        uploads = distributed.gather_uploads(uploads, self.fleet.report_type)
         self.sync_replicas(uploads)
         uploads.sort(key=lambda u: self.selected_clients.index(u.cid))
         self.round_uploads = uploads
@@ -325,11 +325,11 @@ class FederatedServer(BaseServer):
     def post_train(self):
         self.round_seconds = time.time() - self.round_started
         uploads = self.round_uploads
-        values = {"round_seconds": self.round_seconds, "images": sum(int(u.meta.get("images", 0)) for u in uploads),
+        values = {"round_seconds": self.round_seconds, "images": sum(u.report.images for u in uploads),
                   "clients": len(uploads)}
-        trained = [u for u in uploads if "train_loss" in u.meta]
+        trained = [u for u in uploads if u.report.train_loss is not None]
         if trained:  # the mean loss per training sample over the round's last local epochs
-            values["train_loss"] = float(np.average([u.meta["train_loss"] for u in trained],
+            values["train_loss"] = float(np.average([u.report.train_loss for u in trained],
                                                     weights=[u.num_samples for u in trained]))
         self.recorder.log_round(self._current_round, values)
         self.bar.update(1)

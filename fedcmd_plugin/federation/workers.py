@@ -125,6 +125,10 @@ class ProcessFleet:
         self.holder = {}  # cid -> the worker whose replica of the client is current (all are, until it trains)
 
     # ----- the fleet interface ---------------------------------------------------------------------------------
+    @property
+    def report_type(self):
+        return self.local.report_type
+
     def client_ids(self):
         return self.local.client_ids()
 
@@ -133,7 +137,7 @@ class ProcessFleet:
         results = self._run("train", dispatches, None)
         uploads = []
         for worker, cid, payload in results:
-            upload = Upload.from_bytes(payload)
+            upload = Upload.from_bytes(payload, self.report_type)
             self.local.set_kept(cid, upload.kept)
             self.holder[cid] = worker
             uploads.append(upload)

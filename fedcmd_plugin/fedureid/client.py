@@ -6,12 +6,12 @@ saturates) -> extract features and run one BUC merge step (personalised clusteri
 amount) -> rebuild the memory. The memory and the pseudo labels are the edge's kept state: never aggregated.
 """
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from fedcmd_plugin.federation.client import FederatedClient
-from fedcmd_plugin.federation.messages import Settings, Upload
+from fedcmd_plugin.federation.messages import Report, Settings, Upload
 from fedcmd_plugin.federation.seeding import client_generator
 from fedcmd_plugin.fedureid import buc, metrics, personalization
 from fedcmd_plugin.fedureid.memory import ClusterMemory
@@ -34,8 +34,26 @@ class FedUReIDSettings(Settings):
     saturation: float
 
 
+@dataclass(frozen=True)
+class FedUReIDReport(Report):
+    """An edge's round beside the images it trained on: the epochs it ran (PE may stop early), the training
+    precision of its last epoch, its clusters after the round's merges, the images whose features it extracted
+    and the seconds relabelling took."""
+    epochs: int
+    train_precision: float
+    clusters: int
+    merges: int
+    images_extracted: int
+    relabel_seconds: float
+
+
 class FedUReIDClient(FederatedClient):
     settings_type = FedUReIDSettings
+    report_type = FedUReIDReport
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.round_stats = {}  # the round's FedUReIDReport fields so far
 
     def download(self, dispatch):
         """Model state from the cloud only: the kept memory and labels are not model parameters."""
@@ -105,8 +123,8 @@ class FedUReIDClient(FederatedClient):
             epochs_run += 1
             images += seen
         self.relabel(labels, memory, s)
-        self.round_stats.update(images=images, epochs=epochs_run,
-                                train_precision=history[-1] if history else 0.0)
+        self.report = replace(self.report, images=images)
+        self.round_stats.update(epochs=epochs_run, train_precision=history[-1] if history else 0.0)
 
     def relabel(self, labels, memory, s):
         """One BUC step on the current features, then the memory is rebuilt for the new labels."""
@@ -127,8 +145,9 @@ class FedUReIDClient(FederatedClient):
 
     def make_upload(self, dispatch):
         state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        meta, self.round_stats = dict(self.round_stats), {}
-        return Upload(self.cid, len(self.images), state, dict(self.kept), {}, meta)
+        stats, self.round_stats = self.round_stats, {}
+        return Upload(self.cid, len(self.images), state, dict(self.kept), {}, self.take_report(),
+                      FedUReIDReport(**stats))
 
     def evaluate(self, dispatch, splits=("test",)):
         """mAP and CMC of the edge's model on its own query/gallery; pseudo-label quality on its train images."""

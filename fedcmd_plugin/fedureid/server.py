@@ -67,11 +67,12 @@ class FedUReIDServer(FederatedServer):
     def aggregate(self, uploads):
         f = self.conf.fedureid
         for u in uploads:
-            self.edge_images[u.cid] = self.edge_images.get(u.cid, 0) + int(u.meta.get("images", 0))
+            self.edge_images[u.cid] = self.edge_images.get(u.cid, 0) + u.report.images
         self.images_total = sum(self.edge_images.values())
-        self.recorder.log_round(self._current_round, {
-            key: float(np.mean([u.meta[key] for u in uploads])) for key in ("epochs", "train_precision", "clusters")
-            if all(key in u.meta for u in uploads)})
+        reports = [u.algorithm for u in uploads]
+        if reports and all(r is not None for r in reports):
+            self.recorder.log_round(self._current_round, {key: float(np.mean([getattr(r, key) for r in reports]))
+                                                          for key in ("epochs", "train_precision", "clusters")})
         if not f.federated:
             for u in uploads:
                 self.edge_states[u.cid] = u.state

@@ -2,7 +2,7 @@
 
 Roles (each is `fedcmd-plugin remote <role> CONFIG.yaml [key=value ...]`, all with the same config):
 
-* **server** (`server.py`): EasyFL's ServerService (Run, Upload, Stop) plus a small JSON status method.
+* **server** (`server.py`): EasyFL's ServerService (Run, Upload, Stop) plus small JSON status and stop methods.
   `Run` checks the request, builds the model and the algorithm's server from the server's own config, hands
   that server a `RemoteFleet` of the configured client services and starts the run in a background thread;
   it *returns at once* with the run id (EasyFL's behaviour). The run is the same `FederatedServer` as in

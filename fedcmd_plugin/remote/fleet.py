@@ -34,9 +34,11 @@ class RemoteFleet:
     """conf: the run's config; endpoints: the run's client services (Endpoint); transport: how to reach them;
     server_token: the credential their Operate asks for; router: where the server service delivers checked
     answers; tickets: the run's upload credentials; policy: builds each answer's Expectation; initial_state:
-    sent to each client on first contact; note(round_index, values): records round metrics."""
+    sent to each client on first contact; note(round_index, values): records round metrics; report_type: the
+    Report class the server service decodes the uploads' algorithm reports as."""
 
-    def __init__(self, conf, endpoints, transport, server_token, router, tickets, policy, initial_state, note):
+    def __init__(self, conf, endpoints, transport, server_token, router, tickets, policy, initial_state, note,
+                 report_type=None):
         self.endpoints = {endpoint.cid: endpoint for endpoint in endpoints}
         if not self.endpoints:
             raise RemoteError("the run has no clients")
@@ -46,6 +48,7 @@ class RemoteFleet:
         self.router, self.tickets, self.policy = router, tickets, policy
         self.initial_state = initial_state
         self.note = note
+        self.report_type = report_type
         self.log = logger()
         # One channel per client service (a service may host several clients).
         self.channels = {e.address: transport.channel(e.address) for e in self.endpoints.values()}

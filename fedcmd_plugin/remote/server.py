@@ -1,6 +1,7 @@
-"""The remote server: EasyFL's ServerService (Run, Upload, Stop) and a JSON status method on one port.
+"""The remote server: EasyFL's ServerService (Run, Upload, Stop) and JSON status and stop methods on one port.
 
-* `Run`, `Stop` and status need the operator's token (`remote.operator_token`; UNAUTHENTICATED without it).
+* `Run`, `Stop`, status and the JSON stop need the operator's token (`remote.operator_token`; UNAUTHENTICATED
+  without it).
 * `Run(RunRequest)` returns at once (as EasyFL's does) after starting the run in a background thread: SC_OK
   with "run <id> started ...", SC_ALREADY_EXISTS while a run is in progress, SC_INVALID_REQUEST for bad
   client lists. The model is always built from the server's own config (seeded like a standalone run);
@@ -24,7 +25,9 @@
   checkpoint, with the same run id and clients (their services keep their own state: `kept_store`); a Run
   request meanwhile is SC_ALREADY_EXISTS, and later runs start afresh.
 * `Stop()`: the run ends after the current round (state "stopped", in the run folder too, with the rounds
-  that ran; "complete" when that was the last round anyway).
+  that ran; "complete" when that was the last round anyway). EasyFL's Stop answers SC_OK naming the run, or
+  SC_NOT_FOUND when no run is in progress; the JSON stop (`/fedcmd_plugin.remote.RunStatus/Stop`) answers the
+  status fields with "stopping": true, or false when no run was in progress (the last run's fields, if any).
 """
 import threading
 import time
@@ -45,12 +48,12 @@ from fedcmd_plugin.remote.fleet import RemoteFleet
 from fedcmd_plugin.remote.roles import init_role, seed_all
 from fedcmd_plugin.remote.router import Refused, UploadRouter
 from fedcmd_plugin.remote.transport import state_bytes, transport_for
-from fedcmd_plugin.remote.wire import (STATUS_METHOD, STATUS_SERVICE, TEST, TRAIN, Endpoint, RemoteError,
-                                       check_address, from_json_object, one_line, to_json)
+from fedcmd_plugin.remote.wire import (STATUS_METHOD, STATUS_SERVICE, STOP_METHOD, TEST, TRAIN, Endpoint,
+                                       RemoteError, check_address, from_json_object, one_line, to_json)
 from fedcmd_plugin.session import logger
 
 SERVER_WORKERS = 32  # concurrent RPCs: one per uploading client, plus Run/Status/Stop
-OPERATOR_METHODS = ("/easyfl.pb.ServerService/Run", "/easyfl.pb.ServerService/Stop", STATUS_METHOD)
+OPERATOR_METHODS = ("/easyfl.pb.ServerService/Run", "/easyfl.pb.ServerService/Stop", STATUS_METHOD, STOP_METHOD)
 
 
 def pb_status(code, message=""):
@@ -69,6 +72,7 @@ class ServerService(server_grpc.ServerServiceServicer):
     def __init__(self, experiment, transport, server_token):
         self.experiment = experiment
         self.conf = experiment.conf
+        self.report_type = experiment.algorithm.client.report_type  # what training uploads report
         data = experiment.data
         self.users = list(data.train.users)
         self.sizes = {cid: {"train": data.train.size(cid), "test": data.test.size(cid)} for cid in self.users}
@@ -133,7 +137,8 @@ class ServerService(server_grpc.ServerServiceServicer):
                                    self.conf.remote.max_abs_value)
         return RemoteFleet(self.conf, endpoints, self.transport, self.server_token, self.router, self.tickets,
                            policy, state, note=lambda round_index, values: server.recorder.log_round(round_index,
-                                                                                                     values))
+                                                                                                     values),
+                           report_type=self.report_type)
 
     def running(self):
         return self.thread is not None and self.thread.is_alive()
@@ -217,21 +222,37 @@ class ServerService(server_grpc.ServerServiceServicer):
     # ----- status and stop ---------------------------------------------------------------------------------------
     def status(self):
         with self.lock:
-            state = dict(self.state)
-            if self.server is not None and state.get("state") == "running":
-                state["round"] = max(0, int(self.server._current_round) + 1)
+            return self.locked_status()
+
+    def locked_status(self):
+        """The status fields; the caller holds the lock."""
+        state = dict(self.state)
+        if self.server is not None and state.get("state") == "running":
+            state["round"] = max(0, int(self.server._current_round) + 1)
         return state
 
     def status_rpc(self, request, context):
         return to_json(self.status())
 
-    def Stop(self, request, context):
+    def stop(self):
+        """Ask the run in progress to end after its current round: the status fields, with "stopping" false when
+        no run was in progress (EasyFL's Stop and the JSON stop both answer from here)."""
         with self.lock:
-            if not self.running():
-                return server_pb.StopResponse(status=pb_status(common_pb.SC_NOT_FOUND, "no run in progress"))
-            self.server.stop("a Stop request from the operator")
-            self.state["stop_requested"] = True
-        return server_pb.StopResponse(status=pb_status(common_pb.SC_OK, "the run stops after the current round"))
+            stopping = self.running()
+            if stopping:
+                self.server.stop("a Stop request from the operator")
+                self.state["stop_requested"] = True
+            return {**self.locked_status(), "stopping": stopping}
+
+    def stop_rpc(self, request, context):
+        return to_json(self.stop())
+
+    def Stop(self, request, context):
+        answer = self.stop()
+        if not answer["stopping"]:
+            return server_pb.StopResponse(status=pb_status(common_pb.SC_NOT_FOUND, "no run in progress"))
+        return server_pb.StopResponse(status=pb_status(common_pb.SC_OK, f"run {answer['run_id']} stops after the "
+                                                                        "current round"))
 
     def shutdown(self):
         """The service is going away: a run still in progress is marked failed in its run folder."""
@@ -271,7 +292,7 @@ class ServerService(server_grpc.ServerServiceServicer):
             self.router.deliver(key, cid, error=f"reported: {str(report.get('error', report))[:500]}")
             return common_pb.SC_OK, "error report accepted"
         try:
-            value = self.checked(expected, content.data)
+            value = self.checked(expected, content.data, self.report_type)
         except PluginError as exc:  # validation.Rejected, or content that does not decode
             reason = one_line(exc)
             self.log.warning(f"round {key[1] + 1}: rejected the {key[2]} answer of client {cid}: {reason}")
@@ -281,12 +302,13 @@ class ServerService(server_grpc.ServerServiceServicer):
         return common_pb.SC_OK, "accepted"
 
     @staticmethod
-    def checked(expected, data):
-        """The decoded answer, after its layout (from the header alone) and then its values passed the checks."""
+    def checked(expected, data, report_type=None):
+        """The decoded answer, after its layout (from the header alone) and then its values passed the checks;
+        `report_type`: the Report class of the algorithm's part of a training upload."""
         if expected.kind == TRAIN:
             groups, _ = layout(data)
             validation.check_layout(expected, groups)
-            upload = Upload.from_bytes(data)
+            upload = Upload.from_bytes(data, report_type)
             validation.check_upload(expected, upload)
             return upload
         result = from_json_object(data, "the evaluation result")
@@ -295,9 +317,10 @@ class ServerService(server_grpc.ServerServiceServicer):
 
 
 def status_handler(service):
-    """The JSON status method as a generic gRPC handler (raw bytes in and out, no generated code)."""
-    method = grpc.unary_unary_rpc_method_handler(service.status_rpc)
-    return grpc.method_handlers_generic_handler(STATUS_SERVICE, {"Get": method})
+    """The JSON status and stop methods as a generic gRPC handler (raw bytes in and out, no generated code)."""
+    methods = {"Get": service.status_rpc, "Stop": service.stop_rpc}
+    return grpc.method_handlers_generic_handler(STATUS_SERVICE, {name: grpc.unary_unary_rpc_method_handler(call)
+                                                                 for name, call in methods.items()})
 
 
 def start(experiment, transport, operator_token, server_token):

@@ -1,9 +1,10 @@
-"""Starting a remote run and waiting for its end.
+"""Starting a remote run, waiting for its end and stopping it.
 
 `trigger(conf)` sends EasyFL's `RunRequest` to `remote.server_address` with the operator's token, naming the
 client services of `remote.client_addresses` (the i-th address hosts client index i, id c<i:03d>; an empty
 list means all the server is configured for), then polls the server's status method until the run is
-complete. `run_status` / `wait_for_run` also serve runs started another way, e.g. with EasyFL's own stub.
+complete. `run_status` / `wait_for_run` also serve runs started another way, e.g. with EasyFL's own stub;
+`stop_run` ends the run in progress after its current round.
 """
 import time
 
@@ -14,17 +15,30 @@ from easyfl.pb import server_service_pb2_grpc as server_grpc
 
 from fedcmd_plugin.remote.auth import bearer, read_token
 from fedcmd_plugin.remote.transport import transport_for
-from fedcmd_plugin.remote.wire import STATUS_METHOD, RemoteError, from_json_object, rpc_error_text, to_json, wait_ready
+from fedcmd_plugin.remote.wire import (STATUS_METHOD, STOP_METHOD, RemoteError, from_json_object, rpc_error_text,
+                                       to_json, wait_ready)
 from fedcmd_plugin.session import logger
 from fedcmd_plugin.tracking.recorder import coverage
 
 FINISHED = ("complete", "stopped", "failed")
 
 
+def operator_call(chan, method, metadata, timeout, what):
+    """The JSON answer of one of the server's operator methods over an open channel; `metadata` carries the
+    operator's token (`auth.bearer`)."""
+    call = chan.unary_unary(method)
+    return from_json_object(call(to_json({}), timeout=timeout, metadata=metadata), what)
+
+
 def run_status(chan, metadata, timeout=30.0):
-    """The server's status dict over an open channel; `metadata` carries the operator's token (`auth.bearer`)."""
-    get = chan.unary_unary(STATUS_METHOD)
-    return from_json_object(get(to_json({}), timeout=timeout, metadata=metadata), "the server's status")
+    """The server's status dict."""
+    return operator_call(chan, STATUS_METHOD, metadata, timeout, "the server's status")
+
+
+def stop_run(chan, metadata, timeout=30.0):
+    """Ask the server to end its run after the current round: the status dict with "stopping" (false when no
+    run was in progress)."""
+    return operator_call(chan, STOP_METHOD, metadata, timeout, "the server's answer to the stop request")
 
 
 def wait_for_run(chan, address, metadata, run_id=None, timeout=None, poll=1.0, lost_after=60.0, report=None):

@@ -4,17 +4,20 @@ A training upload must hold exactly the tensors the client was asked to train (t
 round's personal keys, with the model's shapes and dtypes; extras only as the dispatch asked for them: a
 signature, FedFomo's weight per model sent, FedAP's BatchNorm means and variances >= 0 per layer asked for),
 finite values no larger than `remote.max_abs_value`, 0 < num_samples <= the client's training samples, no
-kept state, and meta numbers the algorithms can use (a FedCMD vote only for a candidate it was asked to score).
+kept state, and reports (typed when the upload was decoded) whose numbers are finite and >= 0 (a FedCMD vote only
+for a candidate it was asked to score, with one score per block for the same batches under every distance).
 An evaluation result must hold the counts of the requested splits with the client's known split sizes, or
 (ReID) metrics in their ranges. The layout is checked from the archive's header before any tensor is decoded.
 A failing answer raises Rejected with the reason; the round goes on without it.
 """
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
 import torch
 
 from fedcmd_plugin.errors import PluginError
+from fedcmd_plugin.fedcmd.client import FedCMDReport
 from fedcmd_plugin.fedcmd.selection import DISTANCES
 from fedcmd_plugin.federation import codec
 from fedcmd_plugin.remote.wire import TRAIN
@@ -104,7 +107,10 @@ def check_upload(expected, upload):
     for key, low in expected.minimum.items():
         if upload.extra[key].numel() and float(upload.extra[key].min()) < low:
             raise Rejected(f"extra tensor {key!r} holds values below {low:g}")
-    check_meta(expected, upload.meta)
+    check_numbers("report", upload.report)
+    check_numbers("algorithm", upload.algorithm)  # None (no algorithm report) holds no numbers
+    if isinstance(upload.algorithm, FedCMDReport):
+        check_vote(expected, upload.algorithm)
 
 
 def check_values(what, tensor, max_abs):
@@ -121,29 +127,30 @@ def is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def valid_batch_scores(value, blocks):
-    """FedCMD's per-batch block scores: {distance: [[score per block] per batch]}, the same batches throughout."""
-    if not isinstance(value, dict) or set(value) != set(DISTANCES):
-        return False
-    counts = {len(batches) if isinstance(batches, list) else -1 for batches in value.values()}
-    return len(counts) == 1 and counts.pop() > 0 and all(
-        isinstance(batch, list) and len(batch) == blocks and all(is_number(v) and v >= 0 for v in batch)
-        for batches in value.values() for batch in batches)
+def check_numbers(where, value):
+    """Every number of a report (nested reports and tuples included) is finite and >= 0: its types were checked
+    when it was decoded, its values come from the network."""
+    if dataclasses.is_dataclass(value):
+        for item in dataclasses.fields(value):
+            check_numbers(f"{where}.{item.name}", getattr(value, item.name))
+    elif isinstance(value, tuple):
+        for index, item in enumerate(value):
+            check_numbers(f"{where}[{index}]", item)
+    elif isinstance(value, (int, float)) and not (math.isfinite(value) and value >= 0):
+        raise Rejected(f"{where} is {value!r}, not a finite number >= 0")
 
 
-def check_meta(expected, meta):
-    for key, value in meta.items():
-        if key == "vote":
-            if expected.candidates is None:
-                raise Rejected("the upload votes although the request asked for no vote")
-            if type(value) is not int or value not in expected.candidates:
-                raise Rejected(f"vote {value!r} is not one of the candidate blocks {list(expected.candidates)}")
-        elif key == "batch_scores":
-            if expected.candidates is None or not valid_batch_scores(value, expected.blocks):
-                raise Rejected(f"batch_scores must map each of {', '.join(DISTANCES)} to scored batches of "
-                               f"{expected.blocks} finite numbers >= 0, and only when the request asked for a vote")
-        elif not is_number(value) or value < 0:
-            raise Rejected(f"meta {key!r} is {value!r}, not a finite number >= 0")
+def check_vote(expected, report):
+    """A FedCMD vote only when the request asked for one, for a candidate, with the scores it was made from."""
+    if expected.candidates is None:
+        raise Rejected("the upload votes although the request asked for no vote")
+    if report.vote not in expected.candidates:
+        raise Rejected(f"vote {report.vote!r} is not one of the candidate blocks {list(expected.candidates)}")
+    scored = [getattr(report.batch_scores, distance) for distance in DISTANCES]
+    if not scored[0] or len({len(batches) for batches in scored}) != 1 or \
+            any(len(batch) != expected.blocks for batches in scored for batch in batches):
+        raise Rejected(f"batch_scores must hold the same scored batches of {expected.blocks} scores (one per block) "
+                       f"for each of {', '.join(DISTANCES)}")
 
 
 # ----- evaluation results -------------------------------------------------------------------------------------

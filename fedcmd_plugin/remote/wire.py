@@ -15,9 +15,10 @@ from fedcmd_plugin.errors import ConfigError, PluginError
 from fedcmd_plugin.federation import codec
 from fedcmd_plugin.federation.messages import Dispatch, pack, unpack
 
-# The server's run status (JSON in, JSON out) next to EasyFL's ServerService on the same port.
+# The server's run status and stop (JSON in, JSON out) next to EasyFL's ServerService on the same port.
 STATUS_SERVICE = "fedcmd_plugin.remote.RunStatus"
 STATUS_METHOD = f"/{STATUS_SERVICE}/Get"
+STOP_METHOD = f"/{STATUS_SERVICE}/Stop"
 
 ENVELOPE_KEY = "_remote"  # the dispatch header entry the remote layer adds (and removes again on the client)
 INITIAL_PREFIX = "_remote.initial/"  # Dispatch.extra entries carrying the run's initial state
