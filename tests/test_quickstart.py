@@ -47,6 +47,7 @@ def test_two_round_fedavg_quick_start(tmp_run_dir):
     metrics = json.loads((folder / "metrics.json").read_text())
     assert [m["round"] for m in metrics] == [1, 2]
     assert all(m["round_seconds"] > 0 and m["clients"] == 10 for m in metrics)
+    assert all(0 < m["slowest_client_seconds"] < m["round_seconds"] for m in metrics)  # one client within its round
     assert metrics[-1]["accuracy"] == final["accuracy"]
     assert len(read_csv(folder / "metrics.csv")) == 2
 

@@ -327,6 +327,8 @@ class FederatedServer(BaseServer):
         uploads = self.round_uploads
         values = {"round_seconds": self.round_seconds, "images": sum(u.report.images for u in uploads),
                   "clients": len(uploads)}
+        if uploads:  # the client the round waited for longest (stragglers, slow devices)
+            values["slowest_client_seconds"] = max(u.report.train_seconds for u in uploads)
         trained = [u for u in uploads if u.report.train_loss is not None]
         if trained:  # the mean loss per training sample over the round's last local epochs
             values["train_loss"] = float(np.average([u.report.train_loss for u in trained],

@@ -72,7 +72,8 @@ class FedUReIDServer(FederatedServer):
         reports = [u.algorithm for u in uploads]
         if reports and all(r is not None for r in reports):
             self.recorder.log_round(self._current_round, {key: float(np.mean([getattr(r, key) for r in reports]))
-                                                          for key in ("epochs", "train_precision", "clusters")})
+                                                          for key in ("epochs", "train_precision", "clusters", "merges",
+                                                                      "images_extracted", "relabel_seconds")})
         if not f.federated:
             for u in uploads:
                 self.edge_states[u.cid] = u.state
