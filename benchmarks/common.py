@@ -72,8 +72,9 @@ def machine():
     from fedcmd_plugin.sweep import machine as run_machine
 
     try:
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                    text=True, timeout=10, cwd=ROOT).stdout.strip())
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                     ":!benchmarks/results"],  # the benchmark's own output does not count
+                                    capture_output=True, text=True, timeout=10, cwd=ROOT).stdout.strip())
     except (OSError, subprocess.SubprocessError):
         dirty = None
     return {**run_machine(), "dirty": dirty, "cpu": cpu_name(), "cores": os.cpu_count(),
