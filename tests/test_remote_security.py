@@ -312,7 +312,7 @@ def running(server_service):
     for the run's, a stand-in server records the stop requests it gets."""
     service, _, _ = server_service
     reasons, done = [], threading.Event()
-    service.server = SimpleNamespace(_current_round=1, stop=reasons.append)
+    service.server = SimpleNamespace(round_number=2, stop=reasons.append)
     service.state = {"state": "running", "run_id": "run7", "rounds": 5, "clients": ["c000", "c001"]}
     service.thread = threading.Thread(target=done.wait, daemon=True)
     service.thread.start()

@@ -114,6 +114,11 @@ class FederatedServer(BaseServer):
         self.recorder.finish(self.model_states())
 
     @property
+    def round_number(self):
+        """The 1-based number of the round in progress (between rounds: of the last one; 0 before the first)."""
+        return max(0, self._current_round + 1)
+
+    @property
     def last_evaluation(self):
         """{"round", "summary", "clients"} of the latest evaluation (the recorder's; None before the first)."""
         recorder = getattr(self, "recorder", None)

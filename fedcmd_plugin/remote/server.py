@@ -211,12 +211,11 @@ class ServerService(server_grpc.ServerServiceServicer):
         finally:
             fleet.close()
             self.conf.resume = None  # a resume continues one run; the next Run starts afresh
-        recorder = getattr(server, "recorder", None)
-        evaluation = getattr(server, "last_evaluation", None) or {}
+        folder = server.experiment.outcome.get("folder")
         with self.lock:
             self.state.update(outcome, finished=time.time(), round=getattr(server, "rounds_done", 0),
-                              folder=str(recorder.folder) if recorder is not None and recorder.folder else None,
-                              summary=evaluation.get("summary"))
+                              folder=str(folder) if folder else None,
+                              summary=(server.last_evaluation or {}).get("summary"))
         self.log.info(f"run {run_id} {outcome['state']}")
 
     # ----- status and stop ---------------------------------------------------------------------------------------
@@ -228,7 +227,7 @@ class ServerService(server_grpc.ServerServiceServicer):
         """The status fields; the caller holds the lock."""
         state = dict(self.state)
         if self.server is not None and state.get("state") == "running":
-            state["round"] = max(0, int(self.server._current_round) + 1)
+            state["round"] = self.server.round_number
         return state
 
     def status_rpc(self, request, context):
