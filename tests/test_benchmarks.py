@@ -20,6 +20,7 @@ BENCHMARKS = {
     "scale.py": [],
     "partitions.py": [],
     "throughput.py": [],
+    "reproduce.py": [],
 }
 
 
