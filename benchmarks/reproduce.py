@@ -94,11 +94,16 @@ def main():
     with tempfile.TemporaryDirectory(prefix="reproduce-") as scratch:
         try:
             for commit, method in pairs:
-                rows.append(compare(commit, method, args.dataset, args.rounds, scratch))
-                r = rows[-1]
-                print(f"{commit:<9} {method:<14} {r['rows']:>5} client rows  "
-                      f"{'identical' if r['identical'] else str(r['differing_rows']) + ' differ'}  ({r['seconds']} s)",
-                      flush=True)
+                try:
+                    r = compare(commit, method, args.dataset, args.rounds, scratch)
+                except (RuntimeError, subprocess.CalledProcessError) as exc:  # reported; the other pairs go on
+                    r = {"commit": commit, "method": method, "identical": False, "error": str(exc)}
+                    print(f"{commit:<9} {method:<14} failed: {exc}", flush=True)
+                else:
+                    print(f"{commit:<9} {method:<14} {r['rows']:>5} client rows  "
+                          f"{'identical' if r['identical'] else str(r['differing_rows']) + ' differ'}  "
+                          f"({r['seconds']} s)", flush=True)
+                rows.append(r)
         finally:
             for commit, _ in pairs:
                 subprocess.run(["git", "worktree", "remove", "--force", str(Path(scratch) / commit)], cwd=ROOT,
