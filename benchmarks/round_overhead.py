@@ -83,7 +83,7 @@ class SelectionLog:
 def plugin_block(conf_overrides, selections):
     """One `easyfl.init` + `easyfl.run`; returns (round_seconds list, images per round, initial and final state)."""
     import easyfl
-    from easyfl.coordinator import _global_coord
+    from easyfl.coordinator import get_coordinator
 
     import fedcmd_plugin
     from fedcmd_plugin.experiment import last_run
@@ -91,15 +91,16 @@ def plugin_block(conf_overrides, selections):
     fedcmd_plugin.register("fedavg")
     conf = fedcmd_plugin.load_config(None, conf_overrides)
     easyfl.init(conf)
-    initial = {k: v.detach().clone() for k, v in _global_coord.model.state_dict().items()}
+    coordinator = get_coordinator()  # the one fedcmd_plugin.register gave EasyFL
+    initial = {k: v.detach().clone() for k, v in coordinator.model.state_dict().items()}
     selections.rounds.clear()
     easyfl.run()
     folder = last_run()["folder"]
     metrics = json.loads((folder / "metrics.json").read_text())
-    final = {k: v.detach().clone() for k, v in _global_coord.server._model.state_dict().items()}
+    final = {k: v.detach().clone() for k, v in coordinator.server._model.state_dict().items()}
     shutil.rmtree(folder, ignore_errors=True)
     return ([m["round_seconds"] for m in metrics], [m["images"] for m in metrics], initial, final,
-            dict(selections.rounds), _global_coord.conf)
+            dict(selections.rounds), coordinator.conf)
 
 
 # --------------------------------------------------------------------------------------------- compute floor
