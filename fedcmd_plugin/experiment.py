@@ -102,6 +102,8 @@ class ExperimentCoordinator(Coordinator):
         finally:
             if hasattr(fleet, "close"):
                 fleet.close()
+            if conf.is_distributed:
+                distributed.leave_process_group()
 
 
 def current():

@@ -30,6 +30,13 @@ def init_process_group(backend, init_method, world_size, rank, timeout_seconds):
                             timeout=timedelta(seconds=timeout_seconds))
 
 
+def leave_process_group():
+    """Leave the run's process group when the run ends: a group left for the interpreter's exit to tear down can
+    abort a rank that finished its run ("terminate called without an active exception")."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def is_active():
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
