@@ -71,7 +71,9 @@ def main():
         document = json.loads((work / "sweep.json").read_text())
         metas.append(document["meta"])
         for cell in document["cells"]:
-            results[f"{rounds}/{cell['setting'].split('/', 1)[1]}/seed={cell['seed']}"] = summarise(cell)
+            # "digits/alpha=0.5" where the alphas are a grid axis; a single alpha is no axis and names no setting
+            setting = cell["setting"].split("/", 1)[1] if "/" in cell["setting"] else f"alpha={args.alphas}"
+            results[f"{rounds}/{setting}/seed={cell['seed']}"] = summarise(cell)
     write_json(args.output, dict(sorted(results.items())))
     write_json(Path(args.output).with_name(Path(args.output).stem + "_meta.json"), metas)
     print(f"{'cell':<28} {'chosen':<10} {'margin':>6}  {'exact/last3':<11} {'mean/last3':<10} mean/last3/prefer")

@@ -82,7 +82,8 @@ def main():
     if rounds:
         overrides.append(f"server.rounds={rounds}")
         if args.quick:
-            overrides += ["fedcmd.selection_rounds=3", "personalization.warmup_rounds=3", f"server.test_every={rounds}"]
+            overrides += ["fedcmd.selection_rounds=3", "personalization.warmup_rounds=3", "fedap.pretrain_rounds=3",
+                          f"server.test_every={rounds}"]
     results = {}
     output = Path(args.output)
     for dataset in datasets:
