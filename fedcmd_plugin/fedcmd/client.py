@@ -56,6 +56,19 @@ class FedCMDReport(Report):
     vote: int
     batch_scores: BatchScores
 
+    def mismatch(self, candidates, blocks):
+        """A vote only when the request asked for one, for a candidate, with the scores it was made from."""
+        if candidates is None:
+            return "the upload votes although the request asked for no vote"
+        if self.vote not in candidates:
+            return f"vote {self.vote!r} is not one of the candidate blocks {list(candidates)}"
+        scored = [getattr(self.batch_scores, distance) for distance in selection.DISTANCES]
+        if not scored[0] or len({len(batches) for batches in scored}) != 1 or \
+                any(len(batch) != blocks for batches in scored for batch in batches):
+            return (f"batch_scores must hold the same scored batches of {blocks} scores (one per block) for each "
+                    f"of {', '.join(selection.DISTANCES)}")
+        return None
+
 
 class FedCMDClient(PersonalizedClient):
     settings_type = FedCMDSettings

@@ -119,6 +119,11 @@ class Report(Typed):
     """Base of an Upload's typed parts: the TrainingReport every client makes and the algorithms' own (numbers
     their servers use or log)."""
 
+    def mismatch(self, candidates, blocks):
+        """Why this report cannot answer a request that asked for a vote among `candidates` (None: no vote was
+        asked for) on a model of `blocks` blocks; None when it can (checked in remote mode)."""
+        return None
+
 
 @dataclass(frozen=True)
 class RoundSettings(Settings):

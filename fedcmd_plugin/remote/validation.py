@@ -4,8 +4,8 @@ A training upload must hold exactly the tensors the client was asked to train (t
 round's personal keys, with the model's shapes and dtypes; extras only as the dispatch asked for them: a
 signature, FedFomo's weight per model sent, FedAP's BatchNorm means and variances >= 0 per layer asked for),
 finite values no larger than `remote.max_abs_value`, 0 < num_samples <= the client's training samples, no
-kept state, and reports (typed when the upload was decoded) whose numbers are finite and >= 0 (a FedCMD vote only
-for a candidate it was asked to score, with one score per block for the same batches under every distance).
+kept state, and reports (typed when the upload was decoded) whose numbers are finite and >= 0 and that fit the
+request by their own rule (`Report.mismatch`: e.g. a FedCMD vote only for a candidate it was asked to score).
 An evaluation result must hold the counts of the requested splits with the client's known split sizes, or
 (ReID) metrics in their ranges. The layout is checked from the archive's header before any tensor is decoded.
 A failing answer raises Rejected with the reason; the round goes on without it.
@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 import torch
 
 from fedcmd_plugin.errors import PluginError
-from fedcmd_plugin.fedcmd.client import FedCMDReport
-from fedcmd_plugin.fedcmd.selection import DISTANCES
 from fedcmd_plugin.federation import codec
 from fedcmd_plugin.remote.wire import TRAIN
 
@@ -109,8 +107,9 @@ def check_upload(expected, upload):
             raise Rejected(f"extra tensor {key!r} holds values below {low:g}")
     check_numbers("report", upload.report)
     check_numbers("algorithm", upload.algorithm)  # None (no algorithm report) holds no numbers
-    if isinstance(upload.algorithm, FedCMDReport):
-        check_vote(expected, upload.algorithm)
+    reason = upload.algorithm.mismatch(expected.candidates, expected.blocks) if upload.algorithm else None
+    if reason:
+        raise Rejected(reason)
 
 
 def check_values(what, tensor, max_abs):
@@ -138,19 +137,6 @@ def check_numbers(where, value):
             check_numbers(f"{where}[{index}]", item)
     elif isinstance(value, (int, float)) and not (math.isfinite(value) and value >= 0):
         raise Rejected(f"{where} is {value!r}, not a finite number >= 0")
-
-
-def check_vote(expected, report):
-    """A FedCMD vote only when the request asked for one, for a candidate, with the scores it was made from."""
-    if expected.candidates is None:
-        raise Rejected("the upload votes although the request asked for no vote")
-    if report.vote not in expected.candidates:
-        raise Rejected(f"vote {report.vote!r} is not one of the candidate blocks {list(expected.candidates)}")
-    scored = [getattr(report.batch_scores, distance) for distance in DISTANCES]
-    if not scored[0] or len({len(batches) for batches in scored}) != 1 or \
-            any(len(batch) != expected.blocks for batches in scored for batch in batches):
-        raise Rejected(f"batch_scores must hold the same scored batches of {expected.blocks} scores (one per block) "
-                       f"for each of {', '.join(DISTANCES)}")
 
 
 # ----- evaluation results -------------------------------------------------------------------------------------
